@@ -1,0 +1,27 @@
+//! CRIU's image formats, as read and written by pagestream.
+//!
+//! * [`magic`]: file magics and image file names.
+//! * [`proto`]: the protobuf records (`prost` derive, no `protoc` at build time).
+//! * [`record`]: the `[magic][magic]([u32 len][protobuf])*` framing with offsets for errors.
+//! * [`pagemap`]: `pagemap-<id>.img` / `pagemap-shmem-<id>.img` parsed and validated.
+//! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
+//! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
+//! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename).
+
+pub mod chain;
+pub mod error;
+pub mod flags;
+pub mod image_dir;
+pub mod magic;
+pub mod pagemap;
+pub mod proto;
+pub mod record;
+pub mod writer;
+
+pub use chain::{ImageChain, PageLookup};
+pub use error::{ImageError, ImageErrorKind};
+pub use flags::PageFlags;
+pub use image_dir::{ImageDir, PagemapFile};
+pub use magic::PagemapId;
+pub use pagemap::{Pagemap, PagemapEntry};
+pub use writer::{ImageDirWriter, PagemapWriter};

@@ -1,0 +1,255 @@
+//! [`ImageDirWriter`]: writes an image directory atomically.
+//!
+//! Everything goes into a hidden temporary directory next to the destination; [`commit`] fsyncs
+//! every file and the directory, renames it into place and fsyncs the containing directory. A
+//! writer dropped without commit removes its temporary directory, so a failed or aborted
+//! migration leaves nothing that looks like an image.
+//!
+//! [`commit`]: ImageDirWriter::commit
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::{ImageError, ImageErrorKind};
+use super::flags::PageFlags;
+use super::magic::{pages_file_name, PagemapId, PARENT_LINK};
+use super::pagemap::{check_entry, Pagemap, PagemapEntry};
+use crate::page::PageRun;
+
+/// Writes one pagemap and its pages file, entry by entry; data may arrive in chunks.
+pub struct PagemapWriter {
+    id: PagemapId,
+    page_size: u64,
+    pagemap: Pagemap,
+    pages_path: PathBuf,
+    pages: BufWriter<File>,
+    prev_end: u64,
+    /// Bytes of data still owed to the last present entry.
+    owed: u64,
+}
+
+impl PagemapWriter {
+    /// Which pagemap this writes.
+    pub fn id(&self) -> PagemapId {
+        self.id
+    }
+
+    /// The pages id in the pagemap head.
+    pub fn pages_id(&self) -> u32 {
+        self.pagemap.pages_id
+    }
+
+    /// The entries written so far.
+    pub fn entries(&self) -> &[PagemapEntry] {
+        &self.pagemap.entries
+    }
+
+    /// Appends an entry. If it is `PE_PRESENT`, its `nr_pages * page_size` bytes of data must
+    /// follow through [`write_data`](Self::write_data) before the next entry.
+    pub fn push_entry(&mut self, entry: PagemapEntry) -> Result<(), ImageError> {
+        let path = self.pages_path.with_file_name(self.id.file_name());
+        if self.owed != 0 {
+            let msg = format!(
+                "entry {:#x} started with {} bytes of data still owed to the previous one",
+                entry.vaddr, self.owed
+            );
+            return Err(ImageError::file(path, ImageErrorKind::Invalid(msg)));
+        }
+        check_entry(&entry, self.prev_end, self.page_size).map_err(|k| ImageError::file(path, k))?;
+        self.prev_end = entry.vaddr + entry.nr_pages * self.page_size;
+        self.owed = entry.data_len(self.page_size);
+        self.pagemap.entries.push(entry);
+        Ok(())
+    }
+
+    /// Writes (part of) the data of the current present entry.
+    pub fn write_data(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        if data.len() as u64 > self.owed {
+            let msg = format!("{} bytes of page data but only {} owed", data.len(), self.owed);
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        self.pages.write_all(data).map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.owed -= data.len() as u64;
+        Ok(())
+    }
+
+    /// Appends a `PE_PRESENT` entry (plus `extra` flags such as `PE_LAZY`) with all its data.
+    pub fn push_present(&mut self, vaddr: u64, data: &[u8], extra: PageFlags) -> Result<(), ImageError> {
+        let nr_pages = data.len() as u64 / self.page_size;
+        if data.len() as u64 % self.page_size != 0 {
+            let msg = format!("{} bytes of data at {vaddr:#x} is not a whole number of pages", data.len());
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        self.push_entry(PagemapEntry { vaddr, nr_pages, flags: PageFlags::PRESENT | extra })?;
+        self.write_data(data)
+    }
+
+    /// Appends an entry without data (`PE_PARENT`, `PE_LAZY`).
+    pub fn push_hole(&mut self, run: PageRun, flags: PageFlags) -> Result<(), ImageError> {
+        if flags.is_present() {
+            let msg = format!("hole at {:#x} cannot be PE_PRESENT", run.vaddr);
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        self.push_entry(PagemapEntry::new(run, flags))
+    }
+
+    fn finish(mut self, dir: &Path) -> Result<(), ImageError> {
+        if self.owed != 0 {
+            let msg = format!("closed with {} bytes of page data missing", self.owed);
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.pages.get_ref().sync_all().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        write_synced(&dir.join(self.id.file_name()), &self.pagemap.encode())
+    }
+}
+
+/// Builds an image directory in a temporary location and moves it into place on commit.
+pub struct ImageDirWriter {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    page_size: u64,
+    next_pages_id: u32,
+    pagemaps: BTreeMap<PagemapId, PagemapWriter>,
+    committed: bool,
+}
+
+impl ImageDirWriter {
+    /// Starts a directory that will become `final_path` (which must not exist yet). Pages files
+    /// get ids from `pages_id_base` upwards (CRIU's page server uses
+    /// [`PAGE_SERVER_PAGES_ID_BASE`](super::magic::PAGE_SERVER_PAGES_ID_BASE)).
+    pub fn create(final_path: &Path, page_size: u64, pages_id_base: u32) -> Result<Self, ImageError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = final_path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            ImageError::file(final_path, ImageErrorKind::Invalid("destination has no usable file name".into()))
+        })?;
+        if fs::symlink_metadata(final_path).is_ok() {
+            return Err(ImageError::file(final_path, ImageErrorKind::Invalid("destination already exists".into())));
+        }
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = final_path.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()));
+        fs::create_dir(&tmp_path).map_err(|e| ImageError::io(&tmp_path, e))?;
+        Ok(Self {
+            final_path: final_path.to_path_buf(),
+            tmp_path,
+            page_size,
+            next_pages_id: pages_id_base,
+            pagemaps: BTreeMap::new(),
+            committed: false,
+        })
+    }
+
+    /// The temporary directory being filled.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// The path the directory will have after commit.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Starts the pagemap `id` with a fresh pages file. Each id may be opened once.
+    pub fn open_pagemap(&mut self, id: PagemapId) -> Result<&mut PagemapWriter, ImageError> {
+        if self.pagemaps.contains_key(&id) {
+            return Err(ImageError::file(
+                self.tmp_path.join(id.file_name()),
+                ImageErrorKind::Invalid("pagemap opened twice".into()),
+            ));
+        }
+        let pages_id = self.next_pages_id;
+        self.next_pages_id = pages_id
+            .checked_add(1)
+            .ok_or_else(|| ImageError::file(&self.tmp_path, ImageErrorKind::Invalid("pages ids exhausted".into())))?;
+        let pages_path = self.tmp_path.join(pages_file_name(pages_id));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&pages_path)
+            .map_err(|e| ImageError::io(&pages_path, e))?;
+        let w = PagemapWriter {
+            id,
+            page_size: self.page_size,
+            pagemap: Pagemap { pages_id, entries: Vec::new() },
+            pages_path,
+            pages: BufWriter::with_capacity(1 << 20, file),
+            prev_end: 0,
+            owed: 0,
+        };
+        Ok(self.pagemaps.entry(id).or_insert(w))
+    }
+
+    /// The pagemap `id` if it was opened.
+    pub fn pagemap(&mut self, id: PagemapId) -> Option<&mut PagemapWriter> {
+        self.pagemaps.get_mut(&id)
+    }
+
+    /// Creates the `parent` link with `target` (relative to the directory, e.g. `../1`).
+    pub fn set_parent(&mut self, target: &Path) -> Result<(), ImageError> {
+        let link = self.tmp_path.join(PARENT_LINK);
+        std::os::unix::fs::symlink(target, &link).map_err(|e| ImageError::io(&link, e))
+    }
+
+    /// Adds a file that is not page data (inventory, core, mm, ...).
+    pub fn add_file(&mut self, name: &str, data: &[u8]) -> Result<(), ImageError> {
+        if name.is_empty()
+            || name.contains('/')
+            || name == "."
+            || name == ".."
+            || PagemapId::from_file_name(name).is_some()
+        {
+            return Err(ImageError::file(
+                &self.tmp_path,
+                ImageErrorKind::Invalid(format!("refusing file name {name:?}")),
+            ));
+        }
+        write_synced(&self.tmp_path.join(name), data)
+    }
+
+    /// Finishes every pagemap, fsyncs, and renames the directory into place; returns its path.
+    pub fn commit(mut self) -> Result<PathBuf, ImageError> {
+        for (_, pm) in std::mem::take(&mut self.pagemaps) {
+            pm.finish(&self.tmp_path)?;
+        }
+        sync_dir(&self.tmp_path)?;
+        // rename(2) onto an existing non-empty directory fails, so a concurrent writer of the
+        // same destination cannot be clobbered; an empty one would be replaced.
+        if fs::symlink_metadata(&self.final_path).is_ok() {
+            return Err(ImageError::file(
+                &self.final_path,
+                ImageErrorKind::Invalid("destination appeared while writing".into()),
+            ));
+        }
+        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| ImageError::io(&self.final_path, e))?;
+        self.committed = true;
+        if let Some(parent) = self.final_path.parent() {
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            sync_dir(parent)?;
+        }
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for ImageDirWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.pagemaps.clear();
+            if let Err(e) = fs::remove_dir_all(&self.tmp_path) {
+                tracing::warn!(path = %self.tmp_path.display(), error = %e, "could not remove uncommitted image directory");
+            }
+        }
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| ImageError::io(path, e))?;
+    f.write_all(data).map_err(|e| ImageError::io(path, e))?;
+    f.sync_all().map_err(|e| ImageError::io(path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<(), ImageError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| ImageError::io(path, e))
+}
