@@ -12,7 +12,11 @@ const PS: u64 = 4096;
 
 fn pagemap_of(n: u64) -> Pagemap {
     let entries = (0..n)
-        .map(|i| PagemapEntry { vaddr: 0x7f00_0000_0000 + i * 3 * PS, nr_pages: 1 + i % 2, flags: PageFlags(4 | (i as u32 & 2)) })
+        .map(|i| PagemapEntry {
+            vaddr: 0x7f00_0000_0000 + i * 3 * PS,
+            nr_pages: 1 + i % 2,
+            flags: PageFlags(4 | (i as u32 & 2)),
+        })
         .collect();
     Pagemap { pages_id: 1, entries }
 }
@@ -34,7 +38,9 @@ fn bench_runset(c: &mut Criterion) {
     let dirty: Vec<PageRun> = (0..26_214u64).map(|i| PageRun::new((i * 10 + i % 7) * PS, 1 + i % 3)).collect();
     let mut g = c.benchmark_group("runset");
     g.throughput(Throughput::Elements(dirty.len() as u64));
-    g.bench_function("insert_26k_runs", |b| b.iter(|| PageRunSet::from_runs(PS, black_box(dirty.iter().copied())).len_pages()));
+    g.bench_function("insert_26k_runs", |b| {
+        b.iter(|| PageRunSet::from_runs(PS, black_box(dirty.iter().copied())).len_pages())
+    });
     let set = PageRunSet::from_runs(PS, dirty.iter().copied());
     g.bench_function("subtract_from_1gib", |b| {
         b.iter_batched(

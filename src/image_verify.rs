@@ -23,7 +23,8 @@ pub fn run(dir: &Path, root: Option<&Path>) -> Result<()> {
             lazy += if e.flags.is_lazy() && !e.flags.is_present() { e.nr_pages } else { 0 };
         }
     }
-    writeln!(out, 
+    writeln!(
+        out,
         "ok: {}: {} pagemaps, {} pages of data ({:.1} MiB), {} pages in parent, {} lazy without data; chain of {} image director{}",
         dir.display(),
         top.pagemaps().count(),
