@@ -3,6 +3,25 @@
 //! * [`page`]: the kernel page size and [`page::PageRun`], a run of consecutive pages.
 //! * [`runset`]: [`runset::PageRunSet`], sorted non-overlapping runs with set algebra.
 //! * [`criu`]: CRIU's image formats (pagemap, pages, parent chains) and an atomic image writer.
+//!
+//! ```
+//! use pagestream_engine::criu::{ImageChain, ImageDirWriter, PageFlags, PageLookup, PagemapId};
+//! use pagestream_engine::page_size;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! let ps = page_size();
+//! let dir = tmp.path().join("1");
+//! let mut w = ImageDirWriter::create(&dir, ps, 1)?;
+//! w.open_pagemap(PagemapId::Task(1))?.push_present(0x7f00_0000_0000, &vec![7u8; ps as usize], PageFlags::LAZY)?;
+//! w.commit()?; // fsynced and renamed into place
+//!
+//! let chain = ImageChain::open(&dir, None, ps)?;
+//! chain.verify()?;
+//! assert_eq!(chain.page_at(PagemapId::Task(1), 0x7f00_0000_0000)?, PageLookup::Data(vec![7u8; ps as usize]));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod criu;
 pub mod page;

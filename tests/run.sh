@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what pagestream's test suite needs on Debian 12 (when run as root) and runs all of it:
+# formatting, clippy with warnings as errors, and every unit, property and integration test.
+# Tests whose tools cannot be installed (not root) print "skipped: <reason>"; as root, or in CI,
+# those tools are required and their absence is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v crit >/dev/null 2>&1 || packages+=(criu)   # crit: CRIU's image tool, for interop tests
+
+if [ "$(id -u)" = 0 ]; then
+    if [ ${#packages[@]} -gt 0 ]; then
+        echo "== installing ${packages[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    fi
+    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit}"
+elif [ ${#packages[@]} -gt 0 ]; then
+    echo "== not root: not installing ${packages[*]}; the tests that need them will say skipped"
+fi
+
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --no-fail-fast
