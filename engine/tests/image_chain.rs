@@ -130,7 +130,7 @@ fn dropped_writer_leaves_nothing_and_existing_destination_is_refused() {
 }
 
 fn open_err(dir: &Path, root: Option<&Path>) -> (ImageErrorKind, String) {
-    let err = ImageChain::open(dir, root, page_size()).and_then(|c| c.verify()).err().expect("must fail");
+    let err = ImageChain::open(dir, root, page_size()).and_then(|c| c.verify()).expect_err("must fail");
     let msg = err.to_string();
     (err.kind, msg)
 }

@@ -1,0 +1,35 @@
+//! CRIU's page-server wire protocol as a sans-IO codec: bytes in, typed messages out (and back).
+//!
+//! `criu dump --page-server` / `criu pre-dump` (the client) streams memory to a page server over
+//! one TCP connection: fixed-size headers (`struct page_server_iov`, 24 bytes up to CRIU 4.1.1,
+//! 32 bytes from 4.2, in host byte order) each followed, for ADD and for ADD_F with
+//! `PE_PRESENT`, by `nr_pages * page_size` bytes of page data. A few commands get a small reply
+//! (OPEN2, PARENT, CLOSE) and the lazy-pages daemon's GET gets an ADD_F header plus data back.
+//! Nothing here touches a socket; the caller moves bytes.
+//!
+//! * [`header`] — the two [`HeaderLayout`]s, [`RawIov`] and layout detection.
+//! * [`command`] — constants, [`DstId`], [`PsCommand`] and [`encode_command`].
+//! * [`reply`] — [`Reply`], [`ReplyKind`] and [`encode_reply`].
+//! * [`server_decoder`] — [`CommandDecoder`], the client → server stream as a page server sees it.
+//! * [`client_decoder`] — [`ReplyDecoder`], the server → client stream as a client sees it.
+//! * [`error`] — [`ProtocolError`].
+//!
+//! **Byte order:** everything is native-endian, as CRIU sends raw structs; both peers must have
+//! the same endianness (little-endian on x86_64, aarch64, riscv64).
+//!
+//! **Page size** is a parameter of every codec (a power of two ≥ 256; 4096 on x86_64), never a
+//! global.
+
+pub mod client_decoder;
+pub mod command;
+pub mod error;
+pub mod header;
+pub mod reply;
+pub mod server_decoder;
+
+pub use client_decoder::{ClientInput, ReplyDecoder};
+pub use command::{encode_command, DstId, PagemapKind, PsCommand, GET_REPLY_CMD};
+pub use error::ProtocolError;
+pub use header::{detect_layout, HeaderLayout, RawIov};
+pub use reply::{encode_reply, Reply, ReplyKind};
+pub use server_decoder::{CommandDecoder, LayoutChoice, ServerInput, DEFAULT_MAX_PAGES_PER_COMMAND};
