@@ -2,6 +2,10 @@
 //!
 //! * [`page`]: the kernel page size and [`page::PageRun`], a run of consecutive pages.
 //! * [`runset`]: [`runset::PageRunSet`], sorted non-overlapping runs with set algebra.
+//! * [`process`]: a live process: memory map, residency, ptrace stops, freezing.
+//! * [`track`]: [`track::DirtyTracker`] and its backends (uffd-wp, soft-dirty, digest).
+//! * [`read`]: [`read::PageReader`], pages out of a live process.
+//! * [`sys`]: raw kernel interfaces (all `unsafe` lives there).
 //! * [`criu`]: CRIU's image formats (pagemap, pages, parent chains) and an atomic image writer.
 //!
 //! ```
@@ -25,7 +29,11 @@
 
 pub mod criu;
 pub mod page;
+pub mod process;
+pub mod read;
 pub mod runset;
+pub mod sys;
+pub mod track;
 
 pub use page::{page_size, PageRun};
 pub use runset::PageRunSet;

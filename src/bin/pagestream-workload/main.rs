@@ -6,11 +6,13 @@
 //! exactly which pages it wrote between two points. Protocol (one reply line each):
 //!
 //! ```text
-//! pause | resume | mark | written | verify | info | exit
+//! pause | resume | mark | written | changed | verify | info | exit
+//! dirty <permille>   write that share of the pages now, spread evenly (for benchmarks)
+//! map <pages>        map and fill an extra area; unmap: unmap the newest extra area
 //! ```
 //!
-//! `written` answers `written <pages> <vaddr>+<n>,...` for the pages written since the last
-//! `mark`. Periodic `progress ...` lines report writes and verification passes; a failed
+//! `written` answers `written <pages> <vaddr>+<n>,...` for the pages of the main area written
+//! since the last `mark`; `changed` the same for pages whose content actually changed. Periodic `progress ...` lines report writes and verification passes; a failed
 //! verification prints `CORRUPT ...` and exits with status 3.
 
 mod content;
@@ -72,6 +74,12 @@ struct Workload {
     mem: Region,
     gens: Vec<u32>,
     written: Vec<u64>,
+    /// Generations at the last `mark`, to tell which pages differ in content since then.
+    mark_gens: Vec<u32>,
+    extras: Vec<Region>,
+    /// Extra areas mapped so far (each gets different content).
+    maps: u32,
+    scratch: Vec<u8>,
     page_size: usize,
     seed: u64,
     rng: u64,
@@ -88,9 +96,10 @@ impl Workload {
         let g = self.gens[i as usize].wrapping_add(1).max(1);
         self.gens[i as usize] = g;
         let ps = self.page_size;
+        content::fill(&mut self.scratch, i, g, self.seed);
+        // Always store, even identical bytes: a write is a write for the trackers.
         let page = &mut self.mem.bytes_mut()[i as usize * ps..(i as usize + 1) * ps];
-        content::fill(page, i, g, self.seed);
-        // A zero-content generation still counts as a write: make sure the page is touched.
+        page.copy_from_slice(&self.scratch);
         self.written[(i / 64) as usize] |= 1 << (i % 64);
         self.writes += 1;
     }
@@ -127,9 +136,51 @@ impl Workload {
         Ok(self.pages())
     }
 
-    fn written_runs(&self) -> (u64, String) {
+    /// Pages whose content now differs from their content at the last `mark`.
+    fn changed_since_mark(&mut self) -> Vec<u64> {
+        let ps = self.page_size;
+        let mut bits = vec![0u64; self.written.len()];
+        for i in 0..self.gens.len() {
+            let then = self.mark_gens.get(i).copied().unwrap_or(0);
+            if then == self.gens[i] {
+                continue;
+            }
+            content::fill(&mut self.scratch, i as u64, then, self.seed);
+            if self.mem.bytes()[i * ps..(i + 1) * ps] != self.scratch[..] {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        bits
+    }
+
+    /// Writes `permille` of the pages, spread evenly; returns how many.
+    fn dirty_share(&mut self, permille: u64) -> u64 {
+        let n = self.pages();
+        let want = (n * permille.min(1000)).div_ceil(1000);
+        for k in 0..want {
+            self.write_page(k * n / want.max(1));
+        }
+        want
+    }
+
+    /// Maps an extra area of `pages` pages and writes every page of it.
+    fn map_extra(&mut self, pages: u64) -> Result<String, String> {
+        let ps = self.page_size;
+        let mut r = Region::map(pages as usize * ps).map_err(|e| e.to_string())?;
+        self.maps += 1;
+        for (i, page) in r.bytes_mut().chunks_exact_mut(ps).enumerate() {
+            content::fill(page, (1 << 40) + i as u64, self.maps, self.seed);
+            // Never all-zero, and different from every earlier extra area's page at this index.
+            page[..8].copy_from_slice(&((u64::from(self.maps) << 32) | i as u64 | 1 << 63).to_le_bytes());
+        }
+        let desc = format!("{:#x}+{pages}", r.base());
+        self.extras.push(r);
+        Ok(desc)
+    }
+
+    fn runs_of(&self, bits: &[u64]) -> (u64, String) {
         let (mut count, mut runs, mut i) = (0u64, Vec::new(), 0u64);
-        let bit = |i: u64| self.written[(i / 64) as usize] & (1 << (i % 64)) != 0;
+        let bit = |i: u64| bits[(i / 64) as usize] & (1 << (i % 64)) != 0;
         while i < self.pages() {
             if bit(i) {
                 let start = i;
@@ -168,6 +219,10 @@ fn main() {
         mem,
         gens: vec![0; pages as usize],
         written: vec![0; pages.div_ceil(64) as usize],
+        mark_gens: Vec::new(),
+        extras: Vec::new(),
+        maps: 0,
+        scratch: vec![0; page_size],
         page_size,
         seed: args.seed,
         rng: args.seed,
@@ -213,12 +268,26 @@ fn main() {
                 }
                 "mark" => {
                     w.written.iter_mut().for_each(|b| *b = 0);
+                    w.mark_gens = w.gens.clone();
                     say("marked");
                 }
                 "written" => {
-                    let (n, runs) = w.written_runs();
+                    let (n, runs) = w.runs_of(&w.written);
                     say(&format!("written {n} {runs}"));
                 }
+                "changed" => {
+                    let changed = w.changed_since_mark();
+                    let (n, runs) = w.runs_of(&changed);
+                    say(&format!("changed {n} {runs}"));
+                }
+                "unmap" => match w.extras.pop() {
+                    Some(r) => {
+                        let desc = format!("{:#x}+{}", r.base(), r.bytes().len() / page_size);
+                        drop(r);
+                        say(&format!("unmapped {desc}"));
+                    }
+                    None => say("error no extra area"),
+                },
                 "verify" => match w.verify() {
                     Ok(n) => say(&format!("verify ok pages={n}")),
                     Err(e) => {
@@ -238,7 +307,19 @@ fn main() {
                     return;
                 }
                 "" => {}
-                other => say(&format!("error unknown command {other:?}")),
+                other => match other.split_once(' ') {
+                    Some(("dirty", p)) => match p.parse::<u64>() {
+                        Ok(p) => say(&format!("dirtied {}", w.dirty_share(p))),
+                        Err(e) => say(&format!("error bad permille {p:?}: {e}")),
+                    },
+                    Some(("map", n)) => {
+                        match n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| w.map_extra(n)) {
+                            Ok(desc) => say(&format!("mapped {desc}")),
+                            Err(e) => say(&format!("error map: {e}")),
+                        }
+                    }
+                    _ => say(&format!("error unknown command {other:?}")),
+                },
             }
         }
         if !paused {
