@@ -1,11 +1,16 @@
 //! The `pagestream` command line: argument parsing, logging setup and dispatch to subcommands.
 
+mod bench_track;
 mod image_example;
 mod image_show;
 mod image_verify;
+mod track_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use pagestream_engine::track::TrackerKind;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +28,55 @@ enum Command {
     /// Inspect and check CRIU image directories.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Watch which pages of a running process change, round after round.
+    Track {
+        /// The process.
+        #[arg(long)]
+        pid: i32,
+        /// Backend: auto picks the best this kernel offers.
+        #[arg(long, default_value = "auto", value_parser = parse_tracker)]
+        tracker: TrackerChoice,
+        /// Rounds after the first (which reports every page that holds data).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Milliseconds between rounds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// One JSON object per round.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks (figures as ratios and absolute values on this machine).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Cost of a tracking round per backend (clean, 10% and 100% dirty) and page read speed.
+    Track {
+        /// Working-set size of the workload (suffixes K, M, G).
+        #[arg(long, default_value = "1G", value_parser = pagestream::parse_size)]
+        size: u64,
+        /// Rounds per figure (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// One JSON object per backend.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `auto` (probe the kernel) or one backend.
+#[derive(Clone, Copy)]
+struct TrackerChoice(Option<TrackerKind>);
+
+fn parse_tracker(s: &str) -> Result<TrackerChoice, String> {
+    if s == "auto" {
+        Ok(TrackerChoice(None))
+    } else {
+        s.parse().map(|k| TrackerChoice(Some(k)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -62,6 +116,10 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),
         Command::Image(ImageCommand::Example { dir }) => image_example::run(&dir),
+        Command::Track { pid, tracker, rounds, interval_ms, json } => {
+            track_cmd::run(pid, tracker.0, rounds, Duration::from_millis(interval_ms), json)
+        }
+        Command::Bench(BenchCommand::Track { size, repeat, json }) => bench_track::run(size, repeat.max(1), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,11 +4,9 @@
 //! Areas that appear, vanish or are replaced between rounds are handled. A backend this kernel
 //! lacks is skipped with the reason printed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::workload::{parse_runs, Workload};
+use pagestream::workload_client::{parse_runs, Workload};
 use pagestream_engine::process::{MemoryLayout, Target};
 use pagestream_engine::track::{DirtyTracker, TrackerKind};
 use pagestream_engine::PageRunSet;
@@ -30,17 +28,9 @@ fn collect(t: &mut dyn DirtyTracker, pid: i32) -> PageRunSet {
 
 /// Rounds of: mark, let the workload write for a while, pause, compare.
 fn ground_truth(kind: TrackerKind) {
-    let mut w = Workload::spawn(&[
-        "--size",
-        "16M",
-        "--rate",
-        "20000",
-        "--pattern",
-        "random",
-        "--paused",
-        "--report-ms",
-        "100000",
-    ]);
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_pagestream-workload"));
+    let args = ["--size", "16M", "--rate", "20000", "--pattern", "random", "--paused", "--report-ms", "100000"];
+    let mut w = Workload::spawn(exe, &args).unwrap();
     let area = w.area();
     let mut t = kind.open(Target::open(w.pid).expect("target")).expect("tracker");
 
@@ -48,13 +38,13 @@ fn ground_truth(kind: TrackerKind) {
     assert_eq!(first.intersection(&area), area, "{kind}: first round must hold every written page");
 
     for round in 1..=4 {
-        w.cmd("mark", "marked");
-        w.cmd("resume", "resumed");
+        w.cmd("mark", "marked").unwrap();
+        w.cmd("resume", "resumed").unwrap();
         std::thread::sleep(Duration::from_millis(150 + 50 * round));
-        w.cmd("pause", "paused");
+        w.cmd("pause", "paused").unwrap();
         let dirty = collect(t.as_mut(), w.pid).intersection(&area);
-        let written = w.pages_since_mark("written");
-        let changed = w.pages_since_mark("changed");
+        let written = w.pages_since_mark("written").unwrap();
+        let changed = w.pages_since_mark("changed").unwrap();
         assert!(written.len_pages() > 100, "workload wrote too little to test: {}", written.len_pages());
         eprintln!(
             "{kind} round {round}: written {} changed {} dirty {}",
@@ -77,32 +67,32 @@ fn ground_truth(kind: TrackerKind) {
     }
 
     // A quiet round: nothing written, nothing dirty in the area.
-    w.cmd("mark", "marked");
+    w.cmd("mark", "marked").unwrap();
     let quiet = collect(t.as_mut(), w.pid).intersection(&area);
     assert!(quiet.is_empty(), "{kind}: nothing was written but {quiet:?} reported");
 
     // An area that appears is reported whole in the round it appears.
-    let mapped = w.cmd("map 64", "mapped");
-    let extra = parse_runs(mapped.split_whitespace().nth(1).unwrap(), w.page_size);
+    let mapped = w.cmd("map 64", "mapped").unwrap();
+    let extra = parse_runs(mapped.split_whitespace().nth(1).unwrap(), w.page_size).unwrap();
     let dirty = collect(t.as_mut(), w.pid);
     assert_eq!(dirty.intersection(&extra), extra, "{kind}: new area");
     assert!(collect(t.as_mut(), w.pid).intersection(&extra).is_empty(), "{kind}: unchanged new area");
 
     // An area that vanishes is simply gone; one that replaces it at (likely) the same address
     // without a round in between is reported whole.
-    w.cmd("unmap", "unmapped");
+    w.cmd("unmap", "unmapped").unwrap();
     let after_unmap = collect(t.as_mut(), w.pid);
     assert!(after_unmap.intersection(&extra).is_empty(), "{kind}: unmapped area reported");
-    let m1 = w.cmd("map 32", "mapped");
+    let m1 = w.cmd("map 32", "mapped").unwrap();
     collect(t.as_mut(), w.pid);
-    w.cmd("unmap", "unmapped");
-    let m2 = w.cmd("map 32", "mapped");
-    let again = parse_runs(m2.split_whitespace().nth(1).unwrap(), w.page_size);
+    w.cmd("unmap", "unmapped").unwrap();
+    let m2 = w.cmd("map 32", "mapped").unwrap();
+    let again = parse_runs(m2.split_whitespace().nth(1).unwrap(), w.page_size).unwrap();
     eprintln!("{kind}: replaced area {m1} -> {m2}");
     let dirty = collect(t.as_mut(), w.pid);
     assert_eq!(dirty.intersection(&again), again, "{kind}: replaced area must be reported whole");
 
-    w.cmd("verify", "verify ok");
+    w.cmd("verify", "verify ok").unwrap();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod workload;
+pub mod guest;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -9,6 +9,7 @@
 //! pause | resume | mark | written | changed | verify | info | exit
 //! dirty <permille>   write that share of the pages now, spread evenly (for benchmarks)
 //! map <pages>        map and fill an extra area; unmap: unmap the newest extra area
+//! protect            make the newest extra area PROT_NONE (its pages keep their data)
 //! ```
 //!
 //! `written` answers `written <pages> <vaddr>+<n>,...` for the pages of the main area written
@@ -40,7 +41,7 @@ enum Pattern {
 #[command(name = "pagestream-workload", version)]
 struct Args {
     /// Working set size in bytes (suffixes K, M, G).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = pagestream::parse_size)]
     size: u64,
     /// Pages written per second (0: as fast as possible).
     #[arg(long, default_value_t = 2000)]
@@ -57,17 +58,6 @@ struct Args {
     /// Start paused (no writes until `resume`).
     #[arg(long)]
     paused: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.as_bytes().last() {
-        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("bad size {s:?}"))
 }
 
 struct Workload {
@@ -280,9 +270,14 @@ fn main() {
                     let (n, runs) = w.runs_of(&changed);
                     say(&format!("changed {n} {runs}"));
                 }
+                "protect" => match w.extras.last_mut().map(|r| r.protect_none()) {
+                    Some(Ok(())) => say("protected"),
+                    Some(Err(e)) => say(&format!("error mprotect: {e}")),
+                    None => say("error no extra area"),
+                },
                 "unmap" => match w.extras.pop() {
                     Some(r) => {
-                        let desc = format!("{:#x}+{}", r.base(), r.bytes().len() / page_size);
+                        let desc = format!("{:#x}+{}", r.base(), r.len() / page_size);
                         drop(r);
                         say(&format!("unmapped {desc}"));
                     }

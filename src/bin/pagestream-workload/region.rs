@@ -34,6 +34,11 @@ impl Region {
         self.base as u64
     }
 
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The whole mapping as bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is live, readable and `len` long for as long as `self` lives.
@@ -44,6 +49,21 @@ impl Region {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and `&mut self` makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+}
+
+impl Region {
+    /// Removes all access (`PROT_NONE`): the pages keep their content but the process can no
+    /// longer touch them, like a guard or a parked arena.
+    pub fn protect_none(&mut self) -> io::Result<()> {
+        // SAFETY: changes the protection of exactly the mapping this value owns; no Rust
+        // reference into it is used again until it is unmapped (`bytes*` are not called after).
+        let r = unsafe { libc::mprotect(self.base.cast(), self.len, libc::PROT_NONE) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }
 
