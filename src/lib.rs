@@ -1,6 +1,7 @@
 //! Library side of the `pagestream` package: what the CLI, the benchmarks and the integration
 //! tests share (driving the test workload). The engine and the transports are their own crates.
 
+pub mod selftest_track;
 pub mod workload_client;
 
 /// Parses a byte count with an optional K, M or G suffix (powers of 1024); zero is refused.

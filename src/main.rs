@@ -49,6 +49,20 @@ enum Command {
     /// Benchmarks (figures as ratios and absolute values on this machine).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Checks that this kernel supports what pagestream needs, against ground truth.
+    #[command(subcommand)]
+    Selftest(SelftestCommand),
+}
+
+#[derive(Subcommand)]
+enum SelftestCommand {
+    /// Each tracking backend against the pages the test workload really wrote; exit 1 on a
+    /// failure (backends the kernel lacks are reported as skipped).
+    Track {
+        /// Check only this backend (default: all).
+        #[arg(long, default_value = "auto", value_parser = parse_tracker)]
+        tracker: TrackerChoice,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +134,7 @@ fn main() -> ExitCode {
             track_cmd::run(pid, tracker.0, rounds, Duration::from_millis(interval_ms), json)
         }
         Command::Bench(BenchCommand::Track { size, repeat, json }) => bench_track::run(size, repeat.max(1), json),
+        Command::Selftest(SelftestCommand::Track { tracker }) => selftest_cmd(tracker.0),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +145,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn selftest_cmd(only: Option<TrackerKind>) -> anyhow::Result<()> {
+    let exe = pagestream::workload_client::workload_next_to_me()?;
+    let mut failed = Vec::new();
+    for kind in TrackerKind::ALL.into_iter().filter(|k| only.is_none_or(|o| o == *k)) {
+        if let Err(reason) = kind.available() {
+            println!("{kind}: SKIPPED ({reason})");
+            continue;
+        }
+        match pagestream::selftest_track::ground_truth(kind, &exe, |l| println!("  {l}")) {
+            Ok(()) => println!("{kind}: PASS"),
+            Err(e) => {
+                println!("{kind}: FAIL: {e:#}");
+                failed.push(kind.to_string());
+            }
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "tracking self-test failed for {}", failed.join(", "));
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
