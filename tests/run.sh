@@ -15,7 +15,10 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
     fi
-    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit}"
+    # The real-kernel test guest (tests/guest_*.rs): qemu from bookworm-backports, busybox-static,
+    # cpio. A failed install does not stop the suite: the guest tests then fail, naming the reason.
+    bash tests/vm/install.sh || echo "== installing the guest tools failed; the guest tests will fail"
+    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit,qemu}"
 elif [ ${#packages[@]} -gt 0 ]; then
     echo "== not root: not installing ${packages[*]}; the tests that need them will say skipped"
 fi
