@@ -5,6 +5,9 @@
 //! * [`process`]: a live process: memory map, residency, ptrace stops, freezing.
 //! * [`track`]: [`track::DirtyTracker`] and its backends (uffd-wp, soft-dirty, digest).
 //! * [`read`]: [`read::PageReader`], pages out of a live process.
+//! * [`precopy`]: the pre-copy round loop, its convergence policy, image verification.
+//! * [`sink`]: [`sink::PageSink`], where a migration's pages go (implemented by transports).
+//! * [`store`]: [`store::PageStore`], the destination's staging of received pages.
 //! * [`sys`]: raw kernel interfaces (all `unsafe` lives there).
 //! * [`criu`]: CRIU's image formats (pagemap, pages, parent chains) and an atomic image writer.
 //!
@@ -29,9 +32,12 @@
 
 pub mod criu;
 pub mod page;
+pub mod precopy;
 pub mod process;
 pub mod read;
 pub mod runset;
+pub mod sink;
+pub mod store;
 pub mod sys;
 pub mod track;
 

@@ -23,12 +23,16 @@ pub struct PagemapFile {
     pub pages_path: PathBuf,
     /// Length of the pages file (0 when it is absent and nothing is present).
     pub pages_len: u64,
+    /// The pages file, opened once (absent when nothing is present).
+    pages_file: Option<File>,
 }
 
 impl PagemapFile {
     /// Reads `len` bytes of page data at byte `offset` of the pages file into `buf`.
     pub fn read_data(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        let f = File::open(&self.pages_path).map_err(|e| ImageError::io(&self.pages_path, e))?;
+        let f = self.pages_file.as_ref().ok_or_else(|| {
+            ImageError::at(&self.pages_path, offset, std::io::Error::from(std::io::ErrorKind::NotFound).into())
+        })?;
         f.read_exact_at(buf, offset).map_err(|e| ImageError::at(&self.pages_path, offset, e.into()))
     }
 }
@@ -94,10 +98,14 @@ impl ImageDir {
             })?;
         }
         let pages_path = dir.join(pages_file_name(pagemap.pages_id));
-        let pages_len = match fs::metadata(&pages_path) {
-            Ok(md) => md.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && off == 0 => 0,
+        let pages_file = match File::open(&pages_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && off == 0 => None,
             Err(e) => return Err(ImageError::io(&pages_path, e)),
+        };
+        let pages_len = match &pages_file {
+            Some(f) => f.metadata().map_err(|e| ImageError::io(&pages_path, e))?.len(),
+            None => 0,
         };
         if pages_len < off {
             return Err(ImageError::file(
@@ -105,7 +113,7 @@ impl ImageDir {
                 ImageErrorKind::PagesTooShort { pagemap: id.file_name(), need: off, have: pages_len },
             ));
         }
-        Ok(PagemapFile { id, pagemap, data_offsets, pages_path, pages_len })
+        Ok(PagemapFile { id, pagemap, data_offsets, pages_path, pages_len, pages_file })
     }
 
     /// The directory's path as given.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +29,8 @@ pub struct PagemapWriter {
     prev_end: u64,
     /// Bytes of data still owed to the last present entry.
     owed: u64,
+    /// Whether the file ends in a hole (its length must then be set explicitly).
+    hole_at_end: bool,
 }
 
 impl PagemapWriter {
@@ -73,6 +75,22 @@ impl PagemapWriter {
         }
         self.pages.write_all(data).map_err(|e| ImageError::io(&self.pages_path, e))?;
         self.owed -= data.len() as u64;
+        self.hole_at_end &= data.is_empty();
+        Ok(())
+    }
+
+    /// Writes `len` zero bytes of the current present entry's data as a hole (the pages file is
+    /// sparse there; CRIU reads holes as zeros).
+    pub fn write_zeros(&mut self, len: u64) -> Result<(), ImageError> {
+        if len > self.owed {
+            let msg = format!("{len} zero bytes of page data but only {} owed", self.owed);
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        let off = i64::try_from(len)
+            .map_err(|_| ImageError::file(&self.pages_path, ImageErrorKind::Invalid("hole too large".into())))?;
+        self.pages.seek(SeekFrom::Current(off)).map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.owed -= len;
+        self.hole_at_end = true;
         Ok(())
     }
 
@@ -102,6 +120,10 @@ impl PagemapWriter {
             return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
         }
         self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        if self.hole_at_end {
+            let end = self.pages.stream_position().map_err(|e| ImageError::io(&self.pages_path, e))?;
+            self.pages.get_ref().set_len(end).map_err(|e| ImageError::io(&self.pages_path, e))?;
+        }
         self.pages.get_ref().sync_all().map_err(|e| ImageError::io(&self.pages_path, e))?;
         write_synced(&dir.join(self.id.file_name()), &self.pagemap.encode())
     }
@@ -178,6 +200,7 @@ impl ImageDirWriter {
             pages: BufWriter::with_capacity(1 << 20, file),
             prev_end: 0,
             owed: 0,
+            hole_at_end: false,
         };
         Ok(self.pagemaps.entry(id).or_insert(w))
     }

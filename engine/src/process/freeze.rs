@@ -147,6 +147,11 @@ impl Frozen {
         Ok(frozen)
     }
 
+    /// How this freeze was done.
+    pub fn method(&self) -> &FreezeMethod {
+        &self.method
+    }
+
     /// The processes this freeze stopped (Signal method).
     pub fn stopped(&self) -> &[i32] {
         &self.stopped

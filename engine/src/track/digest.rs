@@ -53,6 +53,13 @@ impl DirtyTracker for DigestTracker {
         self.target.pid()
     }
 
+    fn note_sent(&mut self, run: crate::PageRun, data: &[u8]) {
+        let ps = self.page_size;
+        for (i, page) in data.chunks_exact(ps as usize).enumerate() {
+            self.digests.insert(run.vaddr + i as u64 * ps, xxhash_rust::xxh3::xxh3_64(page));
+        }
+    }
+
     fn collect(&mut self, layout: &MemoryLayout) -> Result<PageRunSet, TrackError> {
         let ps = self.page_size;
         let mut resident = PageRunSet::new(ps);

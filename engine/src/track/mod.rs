@@ -22,6 +22,7 @@ use std::str::FromStr;
 use crate::process::maps::MemoryLayout;
 use crate::process::target::{Target, TargetError};
 use crate::runset::PageRunSet;
+use crate::PageRun;
 
 /// Why tracking failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,12 @@ pub trait DirtyTracker: Send {
     /// data and changed since the previous call, re-arming tracking for the next round. The first
     /// call, and the first call that sees an area, report every page of it that holds data.
     fn collect(&mut self, layout: &MemoryLayout) -> Result<PageRunSet, TrackError>;
+
+    /// Tells the tracker which bytes were actually sent for `run` (read after `collect`, so they
+    /// may be newer than what `collect` saw). Content-based trackers must compare the next round
+    /// against these bytes, or a page that changes and changes back between `collect` and the
+    /// next round would never be re-sent. Write-tracking backends ignore it.
+    fn note_sent(&mut self, _run: PageRun, _data: &[u8]) {}
 }
 
 /// The areas of `layout` that migration tracks, and the part of them not tracked before.

@@ -1,0 +1,159 @@
+//! [`PreCopyPolicy`]: when to stop iterating and freeze.
+//!
+//! After each round the dirty set for the next one is known. Its transfer time is estimated as
+//! `dirty bytes x compression ratio / bandwidth`, both measured on the rounds so far (the last
+//! two rounds, weighted to the latest). Pre-copy stops when that estimate fits the downtime
+//! budget, when rounds stop shrinking (the process dirties memory as fast as we send it), at the
+//! round limit, or at the deadline.
+
+use std::time::Duration;
+
+/// Why pre-copy stopped iterating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The estimated final round fits the downtime budget.
+    FitsDowntime,
+    /// The dirty set stopped shrinking: more rounds would not converge.
+    NotShrinking,
+    /// `max_rounds` reached.
+    MaxRounds,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// The decision after a round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// Send another live round.
+    Continue,
+    /// Freeze and send the final round.
+    Stop(StopReason),
+}
+
+/// What the policy knows about a finished round.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundMeasure {
+    /// Pages the round carried (data and zero).
+    pub pages: u64,
+    /// Bytes of page data handed to the transport.
+    pub raw_bytes: u64,
+    /// Bytes the transport put on the wire.
+    pub wire_bytes: u64,
+    /// How long the round took (read, compress, send, acknowledged).
+    pub duration: Duration,
+}
+
+/// The convergence policy.
+#[derive(Clone, Debug)]
+pub struct PreCopyPolicy {
+    /// The downtime budget for the final (frozen) round.
+    pub downtime: Duration,
+    /// Live rounds at most (the final round comes on top).
+    pub max_rounds: u32,
+    /// Stop iterating once this much time has passed since the start.
+    pub deadline: Option<Duration>,
+    /// A round must be smaller than this fraction of the previous one to count as shrinking.
+    pub shrink_factor: f64,
+}
+
+impl Default for PreCopyPolicy {
+    fn default() -> Self {
+        Self { downtime: Duration::from_millis(300), max_rounds: 30, deadline: None, shrink_factor: 0.9 }
+    }
+}
+
+impl PreCopyPolicy {
+    /// Estimated time to send `pages` pages, from the measured rounds (`None` before any).
+    pub fn estimate(&self, history: &[RoundMeasure], pages: u64) -> Option<Duration> {
+        let recent: Vec<&RoundMeasure> = history.iter().rev().take(2).filter(|m| m.duration > Duration::ZERO).collect();
+        if recent.is_empty() {
+            return None;
+        }
+        // Weight the latest round twice.
+        let (mut wire, mut secs, mut pgs) = (0.0, 0.0, 0.0);
+        for (i, m) in recent.iter().enumerate() {
+            let w = if i == 0 { 2.0 } else { 1.0 };
+            wire += w * m.wire_bytes as f64;
+            secs += w * m.duration.as_secs_f64();
+            pgs += w * m.pages.max(1) as f64;
+        }
+        // Wire bytes per page (compression and zero elision included) over wire bytes per second.
+        let bandwidth = (wire / secs.max(1e-6)).max(1.0);
+        let wire_per_page = wire / pgs;
+        Some(Duration::from_secs_f64(pages as f64 * wire_per_page / bandwidth))
+    }
+
+    /// Decides after live round `round` (0-based) given the measured rounds so far, the pages
+    /// now dirty, and the time since the migration started.
+    pub fn decide(
+        &self,
+        history: &[RoundMeasure],
+        round: u32,
+        next_pages: u64,
+        elapsed: Duration,
+    ) -> (Verdict, Option<Duration>) {
+        let est = self.estimate(history, next_pages);
+        if est.is_some_and(|e| e <= self.downtime) {
+            return (Verdict::Stop(StopReason::FitsDowntime), est);
+        }
+        if self.deadline.is_some_and(|d| elapsed >= d) {
+            return (Verdict::Stop(StopReason::Deadline), est);
+        }
+        if round + 1 >= self.max_rounds {
+            return (Verdict::Stop(StopReason::MaxRounds), est);
+        }
+        // Round 0 carried everything; shrinking is judged from round 1 on.
+        if history.len() >= 2 {
+            let last = history[history.len() - 1].pages as f64;
+            if next_pages as f64 > last * self.shrink_factor {
+                return (Verdict::Stop(StopReason::NotShrinking), est);
+            }
+        }
+        (Verdict::Continue, est)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: u64 = 4096;
+
+    fn m(pages: u64, ms: u64) -> RoundMeasure {
+        // 50% compression
+        RoundMeasure { pages, raw_bytes: pages * PS, wire_bytes: pages * PS / 2, duration: Duration::from_millis(ms) }
+    }
+
+    #[test]
+    fn estimate_follows_measured_bandwidth() {
+        let p = PreCopyPolicy::default();
+        assert_eq!(p.estimate(&[], 10), None);
+        // 1000 pages in 100 ms -> 10 pages per ms -> 500 pages take 50 ms.
+        let e = p.estimate(&[m(1000, 100)], 500).unwrap();
+        assert!((e.as_secs_f64() - 0.05).abs() < 1e-6, "{e:?}");
+    }
+
+    #[test]
+    fn stops_when_the_last_round_fits() {
+        let p = PreCopyPolicy { downtime: Duration::from_millis(50), ..Default::default() };
+        let h = [m(10_000, 1000)];
+        assert_eq!(p.decide(&h, 0, 400, Duration::ZERO).0, Verdict::Stop(StopReason::FitsDowntime));
+        assert_eq!(p.decide(&h, 0, 4000, Duration::ZERO).0, Verdict::Continue);
+    }
+
+    #[test]
+    fn stops_when_not_shrinking_at_limit_or_deadline() {
+        let p = PreCopyPolicy {
+            downtime: Duration::from_millis(1),
+            max_rounds: 5,
+            deadline: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        let h = [m(10_000, 1000), m(3000, 300)];
+        assert_eq!(p.decide(&h, 1, 1000, Duration::ZERO).0, Verdict::Continue);
+        assert_eq!(p.decide(&h, 1, 2900, Duration::ZERO).0, Verdict::Stop(StopReason::NotShrinking));
+        assert_eq!(p.decide(&h, 4, 1000, Duration::ZERO).0, Verdict::Stop(StopReason::MaxRounds));
+        assert_eq!(p.decide(&h, 1, 1000, Duration::from_secs(11)).0, Verdict::Stop(StopReason::Deadline));
+    }
+}

@@ -1,0 +1,8 @@
+//! The destination side: [`PageStore`] stages the pages of a migration as they arrive (any
+//! order, any round, newest round wins) and on commit writes a CRIU image directory atomically.
+
+pub mod local_sink;
+pub mod page_store;
+
+pub use local_sink::LocalSink;
+pub use page_store::{PageStore, StoreError};
