@@ -131,53 +131,6 @@ impl CommittedMigration {
     }
 }
 
-/// Reads `set` and sends it as round `round`: zero pages as zero runs, the rest as data.
-fn send_set(
-    reader: &mut PageReader,
-    sink: &mut dyn PageSink,
-    tracker: &mut dyn DirtyTracker,
-    id: PagemapId,
-    set: &PageRunSet,
-    round: u32,
-) -> Result<RoundRecord, MigrateError> {
-    let ps = page_size();
-    let mut rec = RoundRecord { round, dirty_pages: set.len_pages(), ..Default::default() };
-    let mut failure: Option<SinkError> = None;
-    let report = reader.read(set.iter(), |run, bytes| {
-        if failure.is_some() {
-            return;
-        }
-        tracker.note_sent(run, bytes);
-        let pages: Vec<&[u8]> = bytes.chunks_exact(ps as usize).collect();
-        let mut i = 0;
-        while i < pages.len() {
-            let zero = is_zero(pages[i]);
-            let mut j = i + 1;
-            while j < pages.len() && is_zero(pages[j]) == zero {
-                j += 1;
-            }
-            let sub = PageRun::new(run.vaddr + i as u64 * ps, (j - i) as u64);
-            let r = if zero {
-                rec.zero_pages += sub.nr_pages;
-                sink.send_zero(id, sub)
-            } else {
-                rec.sent_pages += sub.nr_pages;
-                sink.send_pages(id, sub, &bytes[i * ps as usize..j * ps as usize])
-            };
-            if let Err(e) = r {
-                failure = Some(e);
-                return;
-            }
-            i = j;
-        }
-    })?;
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    rec.missing_pages = report.missing.len_pages();
-    Ok(rec)
-}
-
 /// Tracks what the destination holds and corrects it when the source drops memory behind the
 /// tracker's back: pages the destination holds that are no longer resident become zero (they
 /// were discarded, e.g. freed with MADV_DONTNEED), and pages outside every migrated area now are
@@ -208,47 +161,96 @@ impl Holdings {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_round(
-    reader: &mut PageReader,
-    sink: &mut dyn PageSink,
-    tracker: &mut dyn DirtyTracker,
+/// Everything a round needs on the source side.
+struct RoundSender<'t> {
+    reader: PageReader,
+    tracker: &'t mut dyn DirtyTracker,
+    holdings: Holdings,
     id: PagemapId,
-    set: &PageRunSet,
-    round: u32,
-    holdings: &mut Holdings,
-    layout: &MemoryLayout,
-) -> Result<(RoundRecord, RoundMeasure), MigrateError> {
-    let before = sink.stats();
-    let t0 = Instant::now();
-    let (zero, discard) = holdings.reconcile(layout)?;
-    sink.begin_round(round)?;
-    let mut rec = send_set(reader, sink, tracker, id, set, round)?;
-    let mut zero = zero;
-    zero.subtract(set);
-    for r in zero.iter() {
-        sink.send_zero(id, r)?;
+}
+
+impl RoundSender<'_> {
+    /// Reads `set` and sends it as round `round`: zero pages as zero runs, the rest as data.
+    fn send_set(&mut self, sink: &mut dyn PageSink, set: &PageRunSet, round: u32) -> Result<RoundRecord, MigrateError> {
+        let (reader, tracker, id) = (&mut self.reader, &mut *self.tracker, self.id);
+        let ps = page_size();
+        let mut rec = RoundRecord { round, dirty_pages: set.len_pages(), ..Default::default() };
+        let mut failure: Option<SinkError> = None;
+        let report = reader.read(set.iter(), |run, bytes| {
+            if failure.is_some() {
+                return;
+            }
+            tracker.note_sent(run, bytes);
+            let pages: Vec<&[u8]> = bytes.chunks_exact(ps as usize).collect();
+            let mut i = 0;
+            while i < pages.len() {
+                let zero = is_zero(pages[i]);
+                let mut j = i + 1;
+                while j < pages.len() && is_zero(pages[j]) == zero {
+                    j += 1;
+                }
+                let sub = PageRun::new(run.vaddr + i as u64 * ps, (j - i) as u64);
+                let r = if zero {
+                    rec.zero_pages += sub.nr_pages;
+                    sink.send_zero(id, sub)
+                } else {
+                    rec.sent_pages += sub.nr_pages;
+                    sink.send_pages(id, sub, &bytes[i * ps as usize..j * ps as usize])
+                };
+                if let Err(e) = r {
+                    failure = Some(e);
+                    return;
+                }
+                i = j;
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        rec.missing_pages = report.missing.len_pages();
+        Ok(rec)
     }
-    rec.zero_pages += zero.len_pages();
-    for r in discard.iter() {
-        sink.discard(id, r)?;
+
+    /// One round: reconcile holdings, send `set`, end the round; returns what it did.
+    fn run_round(
+        &mut self,
+        sink: &mut dyn PageSink,
+        set: &PageRunSet,
+        round: u32,
+        layout: &MemoryLayout,
+    ) -> Result<(RoundRecord, RoundMeasure), MigrateError> {
+        let id = self.id;
+        let before = sink.stats();
+        let t0 = Instant::now();
+        let (zero, discard) = self.holdings.reconcile(layout)?;
+        sink.begin_round(round)?;
+        let mut rec = self.send_set(sink, set, round)?;
+        let mut zero = zero;
+        zero.subtract(set);
+        for r in zero.iter() {
+            sink.send_zero(id, r)?;
+        }
+        rec.zero_pages += zero.len_pages();
+        for r in discard.iter() {
+            sink.discard(id, r)?;
+        }
+        rec.discarded_pages = discard.len_pages();
+        self.holdings.held.union_with(set);
+        self.holdings.held.subtract(&discard);
+        sink.end_round(&RoundSummary { round, data_pages: rec.sent_pages, zero_pages: rec.zero_pages })?;
+        let after = sink.stats();
+        let duration = t0.elapsed();
+        rec.raw_bytes = after.raw_bytes - before.raw_bytes;
+        rec.wire_bytes = after.wire_bytes - before.wire_bytes;
+        rec.duration_ms = duration.as_secs_f64() * 1e3;
+        let measure = RoundMeasure {
+            pages: rec.sent_pages + rec.zero_pages,
+            raw_bytes: rec.raw_bytes,
+            wire_bytes: rec.wire_bytes,
+            duration,
+        };
+        Ok((rec, measure))
     }
-    rec.discarded_pages = discard.len_pages();
-    holdings.held.union_with(set);
-    holdings.held.subtract(&discard);
-    sink.end_round(&RoundSummary { round, data_pages: rec.sent_pages, zero_pages: rec.zero_pages })?;
-    let after = sink.stats();
-    let duration = t0.elapsed();
-    rec.raw_bytes = after.raw_bytes - before.raw_bytes;
-    rec.wire_bytes = after.wire_bytes - before.wire_bytes;
-    rec.duration_ms = duration.as_secs_f64() * 1e3;
-    let measure = RoundMeasure {
-        pages: rec.sent_pages + rec.zero_pages,
-        raw_bytes: rec.raw_bytes,
-        wire_bytes: rec.wire_bytes,
-        duration,
-    };
-    Ok((rec, measure))
 }
 
 /// Migrates the memory of `target` (as pagemap `Task(pid)`) into `sink` with pre-copy rounds.
@@ -276,8 +278,8 @@ fn migrate_inner(
     let start = Instant::now();
     let pid = target.pid();
     let id = PagemapId::Task(pid as u64);
-    let mut reader = PageReader::new(target, page_size())?;
-    let mut holdings = Holdings {
+    let reader = PageReader::new(target, page_size())?;
+    let holdings = Holdings {
         pagemap: target.open_pagemap()?,
         method: ResidencyMethod::probe(),
         held: PageRunSet::new(page_size()),
@@ -288,12 +290,13 @@ fn migrate_inner(
     let mut measures = Vec::new();
     let mut layout = read_layout()?;
     let mut dirty = tracker.collect(&layout)?;
+    let mut sender = RoundSender { reader, tracker, holdings, id };
     let mut round = 0u32;
     let stop_reason = loop {
-        let (mut rec, m) = run_round(&mut reader, sink, tracker, id, &dirty, round, &mut holdings, &layout)?;
+        let (mut rec, m) = sender.run_round(sink, &dirty, round, &layout)?;
         measures.push(m);
         layout = read_layout()?;
-        dirty = tracker.collect(&layout)?;
+        dirty = sender.tracker.collect(&layout)?;
         let (verdict, est) = cfg.policy.decide(&measures, round, dirty.len_pages(), start.elapsed());
         rec.est_downtime_ms = est.map(|d| d.as_secs_f64() * 1e3);
         on_round(&rec);
@@ -309,9 +312,9 @@ fn migrate_inner(
     let frozen_at = Instant::now();
     let frozen = Frozen::freeze(pid, cfg.freeze.clone(), cfg.freeze_timeout).map_err(MigrateError::Freeze)?;
     let layout = read_layout()?;
-    let last = tracker.collect(&layout)?;
+    let last = sender.tracker.collect(&layout)?;
     dirty.union_with(&last);
-    let (mut rec, _) = run_round(&mut reader, sink, tracker, id, &dirty, round, &mut holdings, &layout)?;
+    let (mut rec, _) = sender.run_round(sink, &dirty, round, &layout)?;
     rec.final_round = true;
     let receipt = sink.commit()?;
     let downtime = frozen_at.elapsed();

@@ -49,6 +49,11 @@ impl AlignedBuf {
         self.len == 0
     }
 
+    /// The start address of the mapping.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is live, initialised (zero-filled by the kernel) and `len` long.

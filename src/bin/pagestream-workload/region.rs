@@ -1,75 +1,54 @@
-//! The workload's memory: one private anonymous mapping, page aligned, owned for the life of the
-//! process. The only `unsafe` of the workload lives here.
+//! The workload's memory areas: page-aligned anonymous mappings (the engine's `AlignedBuf`),
+//! plus the one raw call the workload makes itself, `mprotect(PROT_NONE)`.
 
 use std::io;
 
-/// A private anonymous read-write mapping.
+use pagestream_engine::sys::aligned::AlignedBuf;
+
+/// A private anonymous read-write mapping, possibly made inaccessible later.
 pub struct Region {
-    base: *mut u8,
-    len: usize,
+    buf: AlignedBuf,
+    protected: bool,
 }
 
 impl Region {
     /// Maps `len` bytes (a multiple of the page size).
     pub fn map(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing aliases nothing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { base: p.cast(), len })
+        Ok(Self { buf: AlignedBuf::new(len)?, protected: false })
     }
 
     /// Start address.
     pub fn base(&self) -> u64 {
-        self.base as u64
+        self.buf.as_ptr() as u64
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.buf.len()
     }
 
-    /// The whole mapping as bytes.
+    /// The whole mapping as bytes (not after `protect_none`).
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is live, readable and `len` long for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+        assert!(!self.protected, "reading a PROT_NONE area");
+        self.buf.as_slice()
     }
 
-    /// The whole mapping as mutable bytes.
+    /// The whole mapping as mutable bytes (not after `protect_none`).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+        assert!(!self.protected, "writing a PROT_NONE area");
+        self.buf.as_mut_slice()
     }
-}
 
-impl Region {
     /// Removes all access (`PROT_NONE`): the pages keep their content but the process can no
     /// longer touch them, like a guard or a parked arena.
     pub fn protect_none(&mut self) -> io::Result<()> {
-        // SAFETY: changes the protection of exactly the mapping this value owns; no Rust
-        // reference into it is used again until it is unmapped (`bytes*` are not called after).
-        let r = unsafe { libc::mprotect(self.base.cast(), self.len, libc::PROT_NONE) };
+        // SAFETY: changes the protection of exactly the mapping `buf` owns; `bytes*` refuse to
+        // hand out references afterwards, and unmapping on drop is still valid.
+        let r = unsafe { libc::mprotect(self.buf.as_ptr() as *mut libc::c_void, self.buf.len(), libc::PROT_NONE) };
         if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+            return Err(io::Error::last_os_error());
         }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping this value owns; no reference outlives `self`.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        self.protected = true;
+        Ok(())
     }
 }
