@@ -7,6 +7,7 @@
 //! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
 //! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
 //! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename).
+//! * [`session_dirs`]: numbered session directories `ROOT/k` chained by `parent` links, `ROOT/last`.
 
 pub mod chain;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod magic;
 pub mod pagemap;
 pub mod proto;
 pub mod record;
+pub mod session_dirs;
 pub mod writer;
 
 pub use chain::{ImageChain, PageLookup};

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::sys::guardian::Guardian;
+
 /// How to freeze.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FreezeMethod {
@@ -22,13 +24,15 @@ pub enum FreezeMethod {
     Cgroup(PathBuf),
 }
 
-/// A frozen process tree or cgroup; thawed on drop.
+/// A frozen process tree or cgroup; thawed on drop, and by a guardian process if this process
+/// dies (even by SIGKILL) while the freeze is held.
 #[derive(Debug)]
 pub struct Frozen {
     method: FreezeMethod,
     /// Processes we stopped (Signal method).
     stopped: Vec<i32>,
     thawed: bool,
+    guardian: Option<Guardian>,
 }
 
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `t`, `Z`, ...).
@@ -107,7 +111,7 @@ impl Frozen {
     /// Freezes the tree rooted at `pid` (Signal) or the given cgroup, waiting up to `timeout`
     /// until every thread is stopped. On failure everything is thawed again.
     pub fn freeze(pid: i32, method: FreezeMethod, timeout: Duration) -> io::Result<Frozen> {
-        let mut frozen = Frozen { method: method.clone(), stopped: Vec::new(), thawed: false };
+        let mut frozen = Frozen { method: method.clone(), stopped: Vec::new(), thawed: false, guardian: None };
         match &method {
             FreezeMethod::Cgroup(dir) => {
                 fs::write(dir.join("cgroup.freeze"), "1")?;
@@ -144,6 +148,11 @@ impl Frozen {
                 }
             }
         }
+        let cgroup_file = match &method {
+            FreezeMethod::Cgroup(dir) => Some(dir.join("cgroup.freeze")),
+            FreezeMethod::Signal => None,
+        };
+        frozen.guardian = Some(Guardian::spawn(&frozen.stopped, cgroup_file.as_deref())?);
         Ok(frozen)
     }
 
@@ -166,6 +175,9 @@ impl Frozen {
     /// is about to be stopped for good).
     pub fn keep_frozen(mut self) {
         self.thawed = true;
+        if let Some(g) = self.guardian.take() {
+            g.release();
+        }
     }
 
     fn do_thaw(&mut self) -> io::Result<()> {
@@ -173,7 +185,7 @@ impl Frozen {
             return Ok(());
         }
         self.thawed = true;
-        match &self.method {
+        let result = match &self.method {
             FreezeMethod::Cgroup(dir) => fs::write(dir.join("cgroup.freeze"), "0"),
             FreezeMethod::Signal => {
                 let mut first_err = None;
@@ -186,7 +198,12 @@ impl Frozen {
                 }
                 first_err.map_or(Ok(()), Err)
             }
+        };
+        // Only now that the source runs again may the guardian go.
+        if let Some(g) = self.guardian.take() {
+            g.release();
         }
+        result
     }
 }
 

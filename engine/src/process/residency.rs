@@ -17,6 +17,13 @@ pub const PM_SWAP: u64 = 1 << 62;
 pub const PM_FILE: u64 = 1 << 61;
 pub const PM_SOFT_DIRTY: u64 = 1 << 55;
 
+/// Whether any swap area is active. Without swap, a "swapped" page table entry can only be a
+/// marker (userfaultfd write-protect on an unpopulated page shows up as one), which holds no data.
+pub fn swap_active() -> bool {
+    static ACTIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(|| std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(true))
+}
+
 /// Entries per `pread` of the pagemap file (512 KiB of entries covers 256 MiB of address space).
 const ENTRIES_PER_READ: usize = 65536;
 
@@ -68,12 +75,14 @@ impl ResidencyMethod {
 pub fn populated(pagemap: &File, vma: &Vma, page_size: u64, method: ResidencyMethod) -> io::Result<PageRunSet> {
     let file_private = vma.kind() == VmaKind::FilePrivate;
     let mut set = PageRunSet::new(page_size);
+    let swapped = if swap_active() { pagemap_scan::PAGE_IS_SWAPPED } else { 0 };
+    let pm_swap = if swap_active() { PM_SWAP } else { 0 };
     match method {
         ResidencyMethod::Scan => {
             let mut q = ScanQuery {
                 category_inverted: pagemap_scan::PAGE_IS_PFNZERO,
                 category_mask: pagemap_scan::PAGE_IS_PFNZERO,
-                category_anyof_mask: pagemap_scan::PAGE_IS_PRESENT | pagemap_scan::PAGE_IS_SWAPPED,
+                category_anyof_mask: pagemap_scan::PAGE_IS_PRESENT | swapped,
                 return_mask: pagemap_scan::PAGE_IS_PRESENT | pagemap_scan::PAGE_IS_SWAPPED,
                 flags: 0,
             };
@@ -85,7 +94,7 @@ pub fn populated(pagemap: &File, vma: &Vma, page_size: u64, method: ResidencyMet
         }
         ResidencyMethod::PagemapFile => {
             for_each_entry(pagemap, vma.start, vma.end, page_size, |vaddr, e| {
-                let data = e & (PM_PRESENT | PM_SWAP) != 0 && !(file_private && e & PM_FILE != 0);
+                let data = e & (PM_PRESENT | pm_swap) != 0 && !(file_private && e & PM_FILE != 0);
                 if data {
                     set.insert_page(vaddr);
                 }

@@ -29,6 +29,9 @@ pub enum StoreError {
     BadRun(PageRun),
 }
 
+/// Pages copied from staging to the image per read at commit.
+const COPY_PAGES: usize = 256;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Content {
     Data(u64),
@@ -170,7 +173,7 @@ impl PageStore {
     pub fn commit(&self, final_path: &Path, pages_id_base: u32) -> Result<PathBuf, StoreError> {
         let ps = self.page_size;
         let mut w = ImageDirWriter::create(final_path, ps, pages_id_base)?;
-        let mut buf = vec![0u8; ps as usize];
+        let mut buf = vec![0u8; COPY_PAGES * ps as usize];
         let mut iter = self.index.iter().peekable();
         while let Some((&(id, first), _)) = iter.peek() {
             let (id, first) = (id, first);
@@ -194,13 +197,28 @@ impl PageStore {
                                 nr_pages: slots.len() as u64,
                                 flags: PageFlags::PRESENT,
                             })?;
-                            for s in &slots {
-                                match s.content {
-                                    Content::Data(off) => {
-                                        self.staging.read_exact_at(&mut buf, off)?;
-                                        pm.write_data(&buf)?;
+                            // Neighbouring pages usually sit next to each other in staging
+                            // too: copy such stretches with one read and one write.
+                            let mut k = 0;
+                            while k < slots.len() {
+                                match slots[k].content {
+                                    Content::Zero => {
+                                        pm.write_zeros(ps)?;
+                                        k += 1;
                                     }
-                                    Content::Zero => pm.write_zeros(ps)?,
+                                    Content::Data(off) => {
+                                        let mut n = 1;
+                                        while k + n < slots.len()
+                                            && n < COPY_PAGES
+                                            && slots[k + n].content == Content::Data(off + n as u64 * ps)
+                                        {
+                                            n += 1;
+                                        }
+                                        let chunk = &mut buf[..n * ps as usize];
+                                        self.staging.read_exact_at(chunk, off)?;
+                                        pm.write_data(chunk)?;
+                                        k += n;
+                                    }
                                 }
                             }
                             slots.clear();
