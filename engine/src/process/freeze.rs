@@ -111,9 +111,25 @@ impl Frozen {
     /// Freezes the tree rooted at `pid` (Signal) or the given cgroup, waiting up to `timeout`
     /// until every thread is stopped. On failure everything is thawed again.
     pub fn freeze(pid: i32, method: FreezeMethod, timeout: Duration) -> io::Result<Frozen> {
-        let mut frozen = Frozen { method: method.clone(), stopped: Vec::new(), thawed: false, guardian: None };
+        let cgroup_file = match &method {
+            FreezeMethod::Cgroup(dir) => Some(dir.join("cgroup.freeze")),
+            FreezeMethod::Signal => None,
+        };
+        // The guardian exists before anything is frozen, and hears of each step before it is
+        // taken, so there is no moment at which our death would leave the source frozen.
+        let guardian = Guardian::spawn(cgroup_file.as_deref())?;
+        let mut frozen =
+            Frozen { method: method.clone(), stopped: Vec::new(), thawed: false, guardian: Some(guardian) };
+        let announce = |g: &Option<Guardian>, rec: Option<i32>| -> io::Result<()> {
+            match (g, rec) {
+                (Some(g), Some(pid)) => g.will_stop(pid),
+                (Some(g), None) => g.will_freeze_cgroup(),
+                (None, _) => Ok(()),
+            }
+        };
         match &method {
             FreezeMethod::Cgroup(dir) => {
+                announce(&frozen.guardian, None)?;
                 fs::write(dir.join("cgroup.freeze"), "1")?;
                 let events = dir.join("cgroup.events");
                 wait_until(timeout, "cgroup freeze", || {
@@ -130,8 +146,9 @@ impl Frozen {
                         if frozen.stopped.contains(&p) || matches!(proc_state(p), Some('T' | 't' | 'Z' | 'X') | None) {
                             continue;
                         }
-                        kill(Pid::from_raw(p), Signal::SIGSTOP).map_err(io::Error::from)?;
+                        announce(&frozen.guardian, Some(p))?;
                         frozen.stopped.push(p);
+                        kill(Pid::from_raw(p), Signal::SIGSTOP).map_err(io::Error::from)?;
                         new = true;
                     }
                     for &p in &frozen.stopped {
@@ -148,11 +165,6 @@ impl Frozen {
                 }
             }
         }
-        let cgroup_file = match &method {
-            FreezeMethod::Cgroup(dir) => Some(dir.join("cgroup.freeze")),
-            FreezeMethod::Signal => None,
-        };
-        frozen.guardian = Some(Guardian::spawn(&frozen.stopped, cgroup_file.as_deref())?);
         Ok(frozen)
     }
 
