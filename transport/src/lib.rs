@@ -1,5 +1,12 @@
 //! pagestream-transport: the wire side of pagestream.
 //!
 //! * [`criu_ps`]: CRIU's page-server protocol as a sans-IO codec (bytes in, typed messages out).
+//! * [`wire`]: pagestream's own QUIC protocol (handshake, control and data frames) as a sans-IO
+//!   codec.
+//! * [`quic`]: the QUIC page transport over it: [`quic::QuicSink`] (the sender, a blocking
+//!   [`pagestream_engine::sink::PageSink`]) and [`quic::Receiver`] (lands a session as a CRIU
+//!   image directory), mutual TLS 1.3 and development certificates.
 
 pub mod criu_ps;
+pub mod quic;
+pub mod wire;

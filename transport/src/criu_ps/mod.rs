@@ -5,7 +5,7 @@
 //! 32 bytes from 4.2, in host byte order) each followed, for ADD and for ADD_F with
 //! `PE_PRESENT`, by `nr_pages * page_size` bytes of page data. A few commands get a small reply
 //! (OPEN2, PARENT, CLOSE) and the lazy-pages daemon's GET gets an ADD_F header plus data back.
-//! Nothing here touches a socket; the caller moves bytes.
+//! Nothing here touches a socket (except [`tcp_server`]); the caller moves bytes.
 //!
 //! * [`header`] — the two [`HeaderLayout`]s, [`RawIov`] and layout detection.
 //! * [`command`] — constants, [`DstId`], [`PsCommand`] and [`encode_command`].
@@ -13,6 +13,9 @@
 //! * [`server_decoder`] — [`CommandDecoder`], the client → server stream as a page server sees it.
 //! * [`client_decoder`] — [`ReplyDecoder`], the server → client stream as a client sees it.
 //! * [`error`] — [`ProtocolError`].
+//! * [`session`] — [`session::PageServerSession`], one dump session driving a
+//!   [`session_target::SessionTarget`] (locally: a numbered image directory).
+//! * [`tcp_server`] — a blocking TCP page server that CRIU's `--page-server` can dump to.
 //!
 //! **Byte order:** everything is native-endian, as CRIU sends raw structs; both peers must have
 //! the same endianness (little-endian on x86_64, aarch64, riscv64).
@@ -26,6 +29,9 @@ pub mod error;
 pub mod header;
 pub mod reply;
 pub mod server_decoder;
+pub mod session;
+pub mod session_target;
+pub mod tcp_server;
 
 pub use client_decoder::{ClientInput, ReplyDecoder};
 pub use command::{encode_command, DstId, PagemapKind, PsCommand, GET_REPLY_CMD};

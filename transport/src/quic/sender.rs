@@ -1,0 +1,415 @@
+//! [`QuicSink`]: the sending end of a QUIC page stream, a **blocking** [`PageSink`] that owns its
+//! tokio runtime, so the engine's pre-copy loop and the CLI stay synchronous.
+//!
+//! `send_pages` compresses in the calling thread (LZ4 when negotiated and smaller, raw
+//! otherwise; runs longer than the agreed limit are split), then takes room for the frame in a
+//! window of `window_bytes` (a semaphore counted in bytes) and hands it to one of
+//! `data_streams` writer tasks, round robin. A writer gives the room back once quinn has taken
+//! the frame, so never more than `window_bytes` of frames wait in memory; when the window is
+//! full the caller blocks (backpressure). `end_round` / `commit` send their control frame and
+//! block until the receiver acknowledges. A lost connection, a failed data stream or the
+//! receiver's Abort wakes any blocked call with an error; waits for acknowledgements are
+//! bounded by `ack_timeout`. Do not call it from inside an async runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pagestream_engine::criu::PagemapId;
+use pagestream_engine::sink::{CommitReceipt, PageSink, RoundSummary, SinkError, SinkStats};
+use pagestream_engine::PageRun;
+use quinn::{Connection, Endpoint};
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+
+use super::endpoint::{client_bind_addr, make_endpoint, runtime};
+use super::error::TransportError;
+use super::sender_config::SenderConfig;
+use super::sender_streams::{handshake, session_id, Connected, DataLanes, PushError};
+use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_DONE, CLOSE_PROTOCOL};
+use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Between rounds.
+    Idle,
+    /// Inside round `.0`.
+    InRound(u32),
+    Committed,
+    Aborted,
+    Failed {
+        aborted_by_peer: bool,
+        message: String,
+    },
+}
+
+/// The sending end of a QUIC page stream. See the module documentation.
+pub struct QuicSink {
+    conn: Connection,
+    endpoint: Endpoint,
+    control: ControlStream,
+    lanes: DataLanes,
+    fault: Arc<Fault>,
+    encoder: RunEncoder,
+    agreement: Agreement,
+    page_size: u64,
+    ack_timeout: Duration,
+    state: State,
+    last_round: Option<u32>,
+    round_data: u64,
+    round_zero: u64,
+    total_pages: u64,
+    stats: SinkStats,
+    report: StatsReport,
+    // Declared last: dropped after everything that lives on it.
+    rt: Runtime,
+}
+
+impl QuicSink {
+    /// Connects to the receiver at `addr`, handshakes (protocol version, `page_size`, encodings)
+    /// and opens the data streams.
+    pub fn connect(addr: SocketAddr, cfg: SenderConfig, page_size: u64) -> Result<QuicSink, TransportError> {
+        let (wanted, window_pages) = cfg.validate(page_size)?;
+        let codecs = wanted.codecs();
+        let rt = runtime("pagestream-send", 2)?;
+        let hello = Hello::new(page_size, codecs, wanted.max_run_pages(), session_id()?);
+        let window = Arc::new(Semaphore::new(cfg.window_bytes));
+        let fault = Fault::new(Some(window.clone()));
+        let (endpoint, Connected { conn, control, agreement, streams }) = rt.block_on(async {
+            let endpoint = make_endpoint(client_bind_addr(addr), None)?;
+            match handshake(&endpoint, addr, &cfg, &hello).await {
+                Ok(connected) => Ok((endpoint, connected)),
+                Err(e) => {
+                    endpoint.close(quinn::VarInt::from_u32(CLOSE_ABORT), b"handshake failed");
+                    Err(e)
+                }
+            }
+        })?;
+
+        let max_run = u64::from(agreement.max_run_pages).min(window_pages).min(u64::from(u32::MAX)) as u32;
+        let limits = DataLimits::new(page_size, max_run, agreement.codecs)?;
+        tracing::info!(
+            peer = %addr,
+            codecs = %agreement.codecs,
+            max_run_pages = max_run,
+            data_streams = streams.len(),
+            window_bytes = cfg.window_bytes,
+            "QUIC page stream connected"
+        );
+        let lanes = DataLanes::start(&rt, streams, window, cfg.window_bytes, &fault);
+        let watcher_conn = conn.clone();
+        let watcher_fault = fault.clone();
+        rt.spawn(async move {
+            let err = watcher_conn.closed().await;
+            watcher_fault.raise(connection_error(&err));
+        });
+        Ok(QuicSink {
+            conn,
+            endpoint,
+            control,
+            lanes,
+            fault,
+            encoder: RunEncoder::new(limits),
+            agreement,
+            page_size,
+            ack_timeout: cfg.ack_timeout,
+            state: State::Idle,
+            last_round: None,
+            round_data: 0,
+            round_zero: 0,
+            total_pages: 0,
+            stats: SinkStats::default(),
+            report: StatsReport::default(),
+            rt,
+        })
+    }
+
+    /// What the handshake agreed (encodings, run limit, session id).
+    pub fn agreement(&self) -> &Agreement {
+        &self.agreement
+    }
+
+    /// The longest run per frame actually used (the agreement, capped by the window).
+    pub fn max_run_pages(&self) -> u32 {
+        self.encoder.limits().max_run_pages()
+    }
+
+    /// The configured window.
+    pub fn window_bytes(&self) -> usize {
+        self.lanes.window_bytes()
+    }
+
+    /// The most bytes of frames that were ever queued at once (never more than the window).
+    pub fn queue_high_water(&self) -> usize {
+        self.lanes.high_water()
+    }
+
+    /// How many times `send_pages` / `send_zero` had to wait for room in the window.
+    pub fn window_waits(&self) -> u64 {
+        self.lanes.waits()
+    }
+
+    /// The receiver's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// quinn's counters of the connection (UDP bytes and datagrams, RTT, congestion events).
+    pub fn connection_stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    fn ensure_usable(&self) -> Result<(), SinkError> {
+        match &self.state {
+            State::Idle | State::InRound(_) => Ok(()),
+            State::Committed => Err(SinkError::Transport("the session is already committed".into())),
+            State::Aborted => Err(SinkError::Transport("the session was aborted".into())),
+            State::Failed { aborted_by_peer: true, message } => Err(SinkError::Aborted(message.clone())),
+            State::Failed { aborted_by_peer: false, message } => Err(SinkError::Transport(message.clone())),
+        }
+    }
+
+    /// The open round (call after [`check_fault`](Self::check_fault)).
+    fn in_round(&self) -> Result<u32, SinkError> {
+        match self.state {
+            State::InRound(round) => Ok(round),
+            _ => Err(SinkError::Transport("no round is open: call begin_round first".into())),
+        }
+    }
+
+    /// Turns a failure into the session's final state: the connection is closed and every later
+    /// call returns the same error.
+    fn fail(&mut self, err: TransportError) -> SinkError {
+        let aborted_by_peer = matches!(err, TransportError::Aborted(_) | TransportError::Rejected(_));
+        let message = err.to_string();
+        tracing::warn!("QUIC page stream failed: {message}");
+        let code = if matches!(err, TransportError::Protocol(_) | TransportError::Violation(_)) {
+            CLOSE_PROTOCOL
+        } else {
+            CLOSE_ABORT
+        };
+        close(&self.conn, code, &message);
+        let sink_err = SinkError::from(err);
+        let inner = match &sink_err {
+            SinkError::Refused(m) | SinkError::Aborted(m) | SinkError::Transport(m) => m.clone(),
+        };
+        self.state = State::Failed { aborted_by_peer, message: inner };
+        sink_err
+    }
+
+    fn check_fault(&mut self) -> Result<(), SinkError> {
+        if self.fault.is_raised() && matches!(self.state, State::Idle | State::InRound(_)) {
+            let err = self.fault.take();
+            return Err(self.fail(err));
+        }
+        self.ensure_usable()
+    }
+
+    /// Queues one frame, blocking while the window is full.
+    fn enqueue(&mut self, frame: Bytes) -> Result<(), SinkError> {
+        let bytes = frame.len() as u64;
+        match self.lanes.push(&self.rt, frame, self.ack_timeout) {
+            Ok(()) => {
+                self.stats.wire_bytes += bytes;
+                Ok(())
+            }
+            Err(PushError::Stopped) => {
+                self.check_fault()?;
+                Err(self.fail(TransportError::ConnectionLost("the data streams stopped".into())))
+            }
+            Err(PushError::TimedOut) => {
+                let err = TransportError::Timeout(format!(
+                    "the receiver took no data for {:?} (window of {} bytes full)",
+                    self.ack_timeout,
+                    self.lanes.window_bytes()
+                ));
+                Err(self.fail(err))
+            }
+        }
+    }
+
+    /// Sends a control frame and waits for the answer `want` accepts.
+    fn request(
+        &mut self,
+        frame: ControlFrame,
+        what: &'static str,
+        want: impl Fn(&ControlFrame) -> bool,
+    ) -> Result<ControlFrame, TransportError> {
+        let (control, fault, limit) = (&mut self.control, self.fault.clone(), self.ack_timeout);
+        self.rt.block_on(async move {
+            tokio::select! {
+                answer = control.request(&frame, what, want, limit) => answer,
+                () = fault.wait() => Err(fault.take()),
+            }
+        })
+    }
+
+    fn send_control(&mut self, frame: ControlFrame) -> Result<(), TransportError> {
+        let (control, fault) = (&mut self.control, self.fault.clone());
+        self.rt.block_on(async move {
+            tokio::select! {
+                sent = control.send(&frame) => sent.map(|_| ()),
+                () = fault.wait() => Err(fault.take()),
+            }
+        })
+    }
+
+    /// Closes the connection with `code` and waits briefly for the close to be sent.
+    fn shut(&mut self, code: u32, reason: &str) {
+        close(&self.conn, code, reason);
+        let endpoint = self.endpoint.clone();
+        self.rt.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
+    }
+}
+
+impl PageSink for QuicSink {
+    fn begin_round(&mut self, round: u32) -> Result<(), SinkError> {
+        self.check_fault()?;
+        if let State::InRound(open) = self.state {
+            return Err(SinkError::Transport(format!("round {open} is still open; end it before round {round}")));
+        }
+        if let Some(last) = self.last_round.filter(|last| round <= *last) {
+            return Err(SinkError::Transport(format!("round {round} does not follow round {last}")));
+        }
+        if let Err(e) = self.send_control(ControlFrame::RoundBegin { round }) {
+            return Err(self.fail(e));
+        }
+        self.state = State::InRound(round);
+        self.round_data = 0;
+        self.round_zero = 0;
+        Ok(())
+    }
+
+    fn send_pages(&mut self, id: PagemapId, run: PageRun, data: &[u8]) -> Result<(), SinkError> {
+        self.check_fault()?;
+        let round = self.in_round()?;
+        let ps = self.page_size;
+        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
+            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
+        }
+        if data.len() as u64 != run.len_bytes(ps) {
+            return Err(SinkError::Transport(format!(
+                "{run:?} needs {} bytes of data, got {}",
+                run.len_bytes(ps),
+                data.len()
+            )));
+        }
+        let max = u64::from(self.encoder.limits().max_run_pages());
+        for piece in run.chunks(max, ps) {
+            let from = ((piece.vaddr - run.vaddr) / ps * ps) as usize;
+            let bytes = &data[from..from + piece.len_bytes(ps) as usize];
+            let frame = self.encoder.encode_pages(round, id, piece, bytes).map_err(|e| self.fail(e.into()))?;
+            self.enqueue(frame)?;
+        }
+        self.round_data += run.nr_pages;
+        self.total_pages += run.nr_pages;
+        self.stats.raw_bytes += data.len() as u64;
+        self.report.data_pages += run.nr_pages;
+        Ok(())
+    }
+
+    fn send_zero(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
+        self.check_fault()?;
+        let round = self.in_round()?;
+        let ps = self.page_size;
+        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
+            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
+        }
+        let max = u64::from(self.encoder.limits().max_run_pages());
+        for piece in run.chunks(max, ps) {
+            let frame = self.encoder.encode_zero(round, id, piece).map_err(|e| self.fail(e.into()))?;
+            self.enqueue(frame)?;
+        }
+        self.round_zero += run.nr_pages;
+        self.total_pages += run.nr_pages;
+        self.report.zero_pages += run.nr_pages;
+        Ok(())
+    }
+
+    fn end_round(&mut self, summary: &RoundSummary) -> Result<(), SinkError> {
+        self.check_fault()?;
+        let round = self.in_round()?;
+        if summary.round != round {
+            return Err(SinkError::Transport(format!(
+                "end_round for round {} while round {round} is open",
+                summary.round
+            )));
+        }
+        if (summary.data_pages, summary.zero_pages) != (self.round_data, self.round_zero) {
+            tracing::warn!(
+                round,
+                summary_data = summary.data_pages,
+                summary_zero = summary.zero_pages,
+                sent_data = self.round_data,
+                sent_zero = self.round_zero,
+                "round summary disagrees with the pages sent; announcing the pages sent"
+            );
+        }
+        let frame = ControlFrame::RoundEnd { round, data_pages: self.round_data, zero_pages: self.round_zero };
+        match self.request(frame, "RoundAck", |f| matches!(f, ControlFrame::RoundAck { round: r } if *r == round)) {
+            Ok(_) => {
+                self.state = State::Idle;
+                self.last_round = Some(round);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn commit(&mut self) -> Result<CommitReceipt, SinkError> {
+        self.check_fault()?;
+        if let State::InRound(open) = self.state {
+            return Err(SinkError::Transport(format!("round {open} is still open; end it before commit")));
+        }
+        self.report.raw_bytes = self.stats.raw_bytes;
+        self.report.wire_bytes = self.stats.wire_bytes;
+        if let Err(e) = self.send_control(ControlFrame::Stats(self.report)) {
+            return Err(self.fail(e));
+        }
+        let frame = ControlFrame::Commit { final_round: self.last_round.unwrap_or(0), total_pages: self.total_pages };
+        match self.request(frame, "CommitAck", |f| matches!(f, ControlFrame::CommitAck { .. })) {
+            Ok(ControlFrame::CommitAck { location, pages }) => {
+                self.state = State::Committed;
+                self.control.finish();
+                self.shut(CLOSE_DONE, "committed");
+                Ok(CommitReceipt { location, pages })
+            }
+            Ok(other) => Err(self.fail(TransportError::Violation(format!("expected CommitAck, got {}", other.name())))),
+            Err(TransportError::Aborted(reason)) => {
+                let err = self.fail(TransportError::Aborted(reason));
+                Err(match err {
+                    SinkError::Aborted(reason) => SinkError::Refused(reason),
+                    other => other,
+                })
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn abort(&mut self, reason: &str) {
+        if !matches!(self.state, State::Idle | State::InRound(_)) {
+            return;
+        }
+        tracing::info!("aborting the QUIC page stream: {reason}");
+        let control = &mut self.control;
+        self.rt.block_on(control.send_abort(reason, Duration::from_secs(1)));
+        self.state = State::Aborted;
+        self.shut(CLOSE_ABORT, reason);
+    }
+
+    fn stats(&self) -> SinkStats {
+        let (_, control_out) = self.control.bytes();
+        SinkStats { raw_bytes: self.stats.raw_bytes, wire_bytes: self.stats.wire_bytes + control_out }
+    }
+}
+
+impl Drop for QuicSink {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Idle | State::InRound(_)) {
+            self.shut(CLOSE_ABORT, "the sender dropped the session");
+        }
+    }
+}

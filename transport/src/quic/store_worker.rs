@@ -1,0 +1,166 @@
+//! The receiver's store worker: one OS thread that owns the [`PageStore`] and applies, in
+//! arrival order, the decoded runs every data stream sends it, so file I/O never blocks the
+//! async side and the store needs no lock.
+//!
+//! The control loop asks it, through the same channel, to tell when a round is complete
+//! ([`StoreOp::AwaitRound`]: when `pages_in_round` reaches the count the sender announced) and to
+//! commit once every page of the session arrived ([`StoreOp::Commit`]). More pages than
+//! announced is a protocol violation. The worker ends when every sender of its channel is gone;
+//! dropping the store removes its unnamed staging file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pagestream_engine::store::PageStore;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::TransportError;
+use super::session::Fault;
+use crate::wire::{DataRun, RunContent};
+
+/// Where a commit landed.
+#[derive(Debug)]
+pub struct Committed {
+    /// The image directory.
+    pub dir: PathBuf,
+    /// Distinct pages it holds.
+    pub pages: u64,
+}
+
+/// Work for the store worker.
+pub enum StoreOp {
+    /// Store a decoded run.
+    Run(DataRun),
+    /// Answer, with the distinct pages held, once round `round` holds `pages` pages (data and
+    /// zero).
+    AwaitRound {
+        /// The round.
+        round: u32,
+        /// Pages announced for it.
+        pages: u64,
+        /// Where the answer goes.
+        done: RoundDone,
+    },
+    /// Once `total_pages` pages arrived over all rounds, write the image directory `dir`.
+    Commit {
+        /// Pages announced over the whole session.
+        total_pages: u64,
+        /// The image directory to create.
+        dir: PathBuf,
+        /// Where the answer goes.
+        done: CommitDone,
+    },
+}
+
+/// Where the answer to [`StoreOp::AwaitRound`] goes: the distinct pages held once the round is
+/// complete.
+type RoundDone = oneshot::Sender<Result<u64, TransportError>>;
+/// Where the answer to [`StoreOp::Commit`] goes.
+type CommitDone = oneshot::Sender<Result<Committed, TransportError>>;
+
+struct Worker {
+    store: PageStore,
+    received: u64,
+    announced: HashMap<u32, u64>,
+    round_waiter: Option<(u32, u64, RoundDone)>,
+    commit_waiter: Option<(u64, PathBuf, CommitDone)>,
+}
+
+/// Starts the worker thread.
+pub fn spawn(
+    store: PageStore,
+    ops: mpsc::Receiver<StoreOp>,
+    fault: Arc<Fault>,
+) -> Result<JoinHandle<()>, TransportError> {
+    let worker = Worker { store, received: 0, announced: HashMap::new(), round_waiter: None, commit_waiter: None };
+    std::thread::Builder::new()
+        .name("pagestream-store".into())
+        .spawn(move || worker.run(ops, &fault))
+        .map_err(|e| TransportError::io("starting the store thread", e))
+}
+
+impl Worker {
+    fn run(mut self, mut ops: mpsc::Receiver<StoreOp>, fault: &Fault) {
+        while let Some(op) = ops.blocking_recv() {
+            if let Err(e) = self.apply(op) {
+                fault.raise(e);
+                // Keep draining (and dropping) so senders never block on a dead worker.
+                while ops.blocking_recv().is_some() {}
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, op: StoreOp) -> Result<(), TransportError> {
+        match op {
+            StoreOp::Run(run) => {
+                match &run.content {
+                    RunContent::Data(data) => self.store.put_pages(run.round, run.pagemap, run.run, data)?,
+                    RunContent::Zero => self.store.put_zero(run.round, run.pagemap, run.run)?,
+                }
+                self.received += run.run.nr_pages;
+                if let Some(&announced) = self.announced.get(&run.round) {
+                    let held = self.store.pages_in_round(run.round);
+                    if held > announced {
+                        return Err(TransportError::Violation(format!(
+                            "round {} carried {held} pages, more than the {announced} announced",
+                            run.round
+                        )));
+                    }
+                }
+            }
+            StoreOp::AwaitRound { round, pages, done } => {
+                self.announced.insert(round, pages);
+                self.round_waiter = Some((round, pages, done));
+            }
+            StoreOp::Commit { total_pages, dir, done } => self.commit_waiter = Some((total_pages, dir, done)),
+        }
+        self.answer_round();
+        self.answer_commit();
+        Ok(())
+    }
+
+    fn answer_round(&mut self) {
+        let Some((round, pages, _)) = &self.round_waiter else { return };
+        let held = self.store.pages_in_round(*round);
+        let answer = if held == *pages {
+            Ok(self.store.len_pages())
+        } else if held > *pages {
+            Err(TransportError::Violation(format!(
+                "round {round} carried {held} pages, more than the {pages} announced"
+            )))
+        } else {
+            return;
+        };
+        if let Some((_, _, done)) = self.round_waiter.take() {
+            let _ = done.send(answer);
+        }
+    }
+
+    fn answer_commit(&mut self) {
+        let Some((total, _, _)) = &self.commit_waiter else { return };
+        let answer = if self.received == *total {
+            None
+        } else if self.received > *total {
+            Some(Err(TransportError::Violation(format!(
+                "the session carried {} pages, more than the {total} announced",
+                self.received
+            ))))
+        } else {
+            return;
+        };
+        if let Some((_, dir, done)) = self.commit_waiter.take() {
+            let answer = answer.unwrap_or_else(|| {
+                let pages = self.store.len_pages();
+                self.store.commit(&dir, 1).map(|dir| Committed { dir, pages }).map_err(TransportError::from)
+            });
+            if let Err(Ok(orphan)) = done.send(answer) {
+                // Nobody is left to acknowledge it: a failed session leaves no directory.
+                tracing::warn!("removing {}: the session ended while it was being committed", orphan.dir.display());
+                let _ = std::fs::remove_dir_all(&orphan.dir);
+            }
+        }
+    }
+}
