@@ -1,9 +1,18 @@
 //! The `pagestream` command line: argument parsing, logging setup and dispatch to subcommands.
 
+mod bench_stream;
 mod bench_track;
+mod demo;
 mod image_example;
 mod image_show;
 mod image_verify;
+mod page_server_cmd;
+mod progress_sink;
+mod receive_cmd;
+mod round_report;
+mod rusage;
+mod send_cmd;
+mod tls_args;
 mod track_cmd;
 
 use std::path::PathBuf;
@@ -25,6 +34,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Migrate a built-in workload end to end on loopback (workload, receiver and sender with
+    /// mutual TLS), verify the result byte for byte, and print every round.
+    Demo(demo::DemoArgs),
+    /// Live-migrate a running process's memory to a `pagestream receive` (pre-copy over QUIC).
+    Send(send_cmd::SendArgs),
+    /// Receive one migration and write it as a CRIU image directory.
+    Receive {
+        /// Address to listen on (UDP).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// The image directory to create on commit (must not exist).
+        #[arg(long)]
+        images_dir: PathBuf,
+        #[command(flatten)]
+        tls: tls_args::TlsArgs,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive `criu dump/pre-dump --page-server` sessions into DIR/1, DIR/2, ... (a pre-dump
+    /// chain with `parent` links and a `last` link), as a drop-in `criu page-server`.
+    PageServer(page_server_cmd::PageServerArgs),
+    /// Make a development CA and receiver/sender certificates for mutual TLS in DIR.
+    Certs {
+        /// Where to write cacert.pem, server-*.pem, client-*.pem (files must not exist).
+        dir: PathBuf,
+        /// Extra DNS names or IP addresses for the receiver's certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Inspect and check CRIU image directories.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -79,13 +118,23 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// GB/s of process memory over QUIC (LZ4 and uncompressed) vs a plain TCP copy, with CPU
+    /// seconds per GB and peak RSS of sender and receiver.
+    Stream {
+        /// Workload sizes to measure (comma separated, suffixes K, M, G).
+        #[arg(long, default_value = "256M,1G", value_delimiter = ',', value_parser = pagestream::parse_size)]
+        sizes: Vec<u64>,
+        /// JSON lines (the default output is JSON lines too).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `auto` (probe the kernel) or one backend.
-#[derive(Clone, Copy)]
-struct TrackerChoice(Option<TrackerKind>);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TrackerChoice(pub(crate) Option<TrackerKind>);
 
-fn parse_tracker(s: &str) -> Result<TrackerChoice, String> {
+pub(crate) fn parse_tracker(s: &str) -> Result<TrackerChoice, String> {
     if s == "auto" {
         Ok(TrackerChoice(None))
     } else {
@@ -127,6 +176,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Send(args) => send_cmd::run(&args),
+        Command::Receive { listen, images_dir, tls, json } => receive_cmd::run(listen, &images_dir, &tls, json),
+        Command::Certs { dir, names } => certs_cmd(&dir, &names),
+        Command::PageServer(args) => page_server_cmd::run(&args),
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),
         Command::Image(ImageCommand::Example { dir }) => image_example::run(&dir),
@@ -134,6 +188,7 @@ fn main() -> ExitCode {
             track_cmd::run(pid, tracker.0, rounds, Duration::from_millis(interval_ms), json)
         }
         Command::Bench(BenchCommand::Track { size, repeat, json }) => bench_track::run(size, repeat.max(1), json),
+        Command::Bench(BenchCommand::Stream { sizes, json }) => bench_stream::run(&sizes, json),
         Command::Selftest(SelftestCommand::Track { tracker }) => selftest_cmd(tracker.0),
     };
     match result {
@@ -145,6 +200,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn certs_cmd(dir: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    let c = pagestream_transport::quic::make_dev_certs(dir, names)?;
+    println!("development CA and certificates in {}", c.dir.display());
+    println!(
+        "receiver: --tls-cacert {} --tls-cert {} --tls-key {}",
+        c.cacert.display(),
+        c.server_cert.display(),
+        c.server_key.display()
+    );
+    println!(
+        "sender:   --tls-cacert {} --tls-cert {} --tls-key {}",
+        c.cacert.display(),
+        c.client_cert.display(),
+        c.client_key.display()
+    );
+    Ok(())
 }
 
 fn selftest_cmd(only: Option<TrackerKind>) -> anyhow::Result<()> {

@@ -1,0 +1,143 @@
+//! `pagestream page-server` as the target of real CRIU 3.17's `--page-server`, in the test guest
+//! (Debian 12's 6.1 kernel, see `tests/common/guest.rs`): a plain dump restored from `DIR/last`,
+//! and a pre-dump chain (two `pre-dump --track-mem` rounds and a final `dump --track-mem
+//! --prev-images-dir`) whose later sessions carry only dirty pages and restore through the chain.
+//!
+//! Both scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::guest::{self, GroupOutput, GuestOutput, Scenario};
+
+const MIB: u64 = 1 << 20;
+/// The working set the scenarios give the workload (`--size 32M`).
+const WORKLOAD_BYTES: u64 = 32 * MIB;
+
+const SCENARIOS: &[(&str, &str, u64)] = &[
+    ("ps_dump_restore", include_str!("vm/scenarios/ps_dump_restore.sh"), 150),
+    ("ps_predump_chain", include_str!("vm/scenarios/ps_predump_chain.sh"), 240),
+];
+
+fn group() -> &'static Result<GroupOutput, String> {
+    static GROUP: OnceLock<Result<GroupOutput, String>> = OnceLock::new();
+    GROUP.get_or_init(|| {
+        let scenarios: Vec<Scenario> = SCENARIOS
+            .iter()
+            .map(|&(name, script, secs)| Scenario { name, script, timeout: Duration::from_secs(secs) })
+            .collect();
+        let binaries = [
+            ("pagestream", Path::new(env!("CARGO_BIN_EXE_pagestream"))),
+            ("pagestream-workload", Path::new(env!("CARGO_BIN_EXE_pagestream-workload"))),
+        ];
+        let out = guest::run_group("guest_page_server", &binaries, &[], &scenarios);
+        if let Ok(g) = &out {
+            guest::note(&format!(
+                "guest: guest_page_server: {} scenarios in one boot, {:.1} s wall (init after {:.1} s of guest uptime)",
+                g.scenarios.len(),
+                g.wall.as_secs_f64(),
+                g.boot.as_secs_f64()
+            ));
+        }
+        out
+    })
+}
+
+/// The output of scenario `name` once it passed in the guest; `None` when the guest is not
+/// available here (the test then skips, or panics when the guest is required).
+fn scenario(name: &str) -> Option<&'static GuestOutput> {
+    if !guest::ready() {
+        return None;
+    }
+    let group = group().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    let out = group
+        .scenario(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not finish; console ends:\n{}", group.console_tail(4000)));
+    assert_eq!(out.exit_status, 0, "scenario {name} failed (status {}):\n{}", out.exit_status, out.output);
+    assert!(!out.output.contains("CORRUPT"), "{name}: the workload saw corrupted memory:\n{}", out.output);
+    assert!(!out.output.contains("FAILED"), "{name}: a page-server session failed:\n{}", out.output);
+    Some(out)
+}
+
+/// The line of `out` starting with `prefix`, panicking with the output if there is none.
+fn line<'a>(out: &'a GuestOutput, prefix: &str) -> &'a str {
+    out.output
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{}: no line starting with {prefix:?} in:\n{}", out.name, out.output))
+}
+
+/// The number after `key=` in `line`.
+fn num(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key}= in {line:?}"))
+}
+
+/// The number right before `what` in `line` (e.g. "3 pages in parent").
+fn count_before(line: &str, what: &str) -> u64 {
+    let head =
+        line.split(what).next().filter(|h| h.len() < line.len()).unwrap_or_else(|| panic!("{what:?} in {line:?}"));
+    head.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {what:?} in {line:?}"))
+}
+
+/// The restored workload ran at least one more complete self-check of its memory.
+fn assert_restored_alive(out: &GuestOutput) {
+    let before = num(line(out, "before verifies="), "verifies");
+    let after = num(line(out, "after verifies="), "verifies");
+    assert!(after > before, "{}: verifies went {before} -> {after}:\n{}", out.name, out.output);
+    assert!(out.output.lines().any(|l| l.starts_with("progress ") && l.ends_with(" ok")), "{}", out.output);
+}
+
+#[test]
+fn criu_dump_to_pagestream_page_server_then_restore_from_last() {
+    let Some(out) = scenario("ps_dump_restore") else { return };
+    let received = line(out, "page-server received ");
+    assert!(num(received, "pages_bytes") >= WORKLOAD_BYTES, "pagestream got too little: {received}");
+    assert!(num(received, "pagemaps") >= 1, "{received}");
+    let session = line(out, "session 1 committed from 127.0.0.1:");
+    assert!(session.contains("has_parent answered yes 0 /"), "a first session has no parent: {session}");
+    assert!(session.contains("24-byte headers"), "CRIU 3.17 uses the 24-byte header: {session}");
+    assert_eq!(line(out, "last -> ").trim_end(), "last -> 1");
+    assert!(line(out, "ok: ps/last: ").contains("chain of 1 image directory"), "{}", out.output);
+    assert_restored_alive(out);
+    guest::note(&format!("guest: criu dump through pagestream page-server: {}", line(out, "dump took ")));
+    guest::report_pass("criu_dump_to_pagestream_page_server_then_restore_from_last", out);
+}
+
+#[test]
+fn criu_predump_chain_through_pagestream_sends_only_dirty_pages_and_restores() {
+    let Some(out) = scenario("ps_predump_chain") else { return };
+    let sizes: Vec<u64> =
+        (1..=3).map(|k| num(line(out, &format!("session {k} pages_bytes=")), "pages_bytes")).collect();
+    let (s1, s2, s3) = (sizes[0], sizes[1], sizes[2]);
+    assert!(s1 >= WORKLOAD_BYTES, "the first pre-dump must carry the whole working set: {s1} bytes");
+    assert!(s2 < s1 / 2 && s3 < s1 / 2, "later sessions not much smaller: {s1} / {s2} / {s3} bytes");
+    assert!(line(out, "session 1 pages_bytes=").ends_with("parent="), "session 1 has no parent link");
+    assert!(line(out, "session 2 pages_bytes=").ends_with("parent=../1"), "{}", out.output);
+    assert!(line(out, "session 3 pages_bytes=").ends_with("parent=../2"), "{}", out.output);
+    assert_eq!(line(out, "last -> ").trim_end(), "last -> 3");
+    let first = line(out, "session 1 committed from ");
+    assert!(first.contains("has_parent answered yes 0 /"), "{first}");
+    for k in [2, 3] {
+        let s = line(out, &format!("session {k} committed from "));
+        assert!(!s.contains("has_parent answered yes 0 /"), "session {k} must be told about its parent: {s}");
+        assert!(count_before(s, " pages in parent") > 0, "session {k} sent no PE_PARENT holes: {s}");
+    }
+    assert!(line(out, "ok: ps/last: ").contains("chain of 3 image directories"), "{}", out.output);
+    assert_restored_alive(out);
+    guest::note(&format!(
+        "guest: pre-dump chain through pagestream: pages {} KiB, {} KiB, final {} KiB",
+        s1 >> 10,
+        s2 >> 10,
+        s3 >> 10
+    ));
+    guest::report_pass("criu_predump_chain_through_pagestream_sends_only_dirty_pages_and_restores", out);
+}
