@@ -113,6 +113,30 @@ fn demo_is_byte_exact_with_every_tracker() {
 }
 
 #[test]
+fn demo_keeps_images_that_verify_and_decode_with_crit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("kept");
+    let o = pagestream(&["demo", "--size", "16M", "--images-dir", images.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("verified: true"), "{}", stdout(&o));
+    let o = pagestream(&["image", "verify", images.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if require_tool("crit", &["--help"]) {
+        let pagemap = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.starts_with("pagemap-"))
+            .expect("a pagemap image");
+        let shown = common::crit(&images, &["show", &pagemap]);
+        assert!(shown.contains("\"pages_id\"") && shown.contains("PE_PRESENT"), "{shown}");
+    }
+    // A second demo into the same directory is refused before anything runs.
+    let o = pagestream(&["demo", "--size", "16M", "--images-dir", images.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("exists already"), "{}", stderr(&o));
+}
+
+#[test]
 fn send_and_receive_leave_running_images_verify_and_decode() {
     let tmp = tempfile::tempdir().unwrap();
     let c = certs(&tmp.path().join("certs"));
