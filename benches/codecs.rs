@@ -55,5 +55,15 @@ fn bench_runset(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_pagemap, bench_runset);
+fn bench_zero_check(c: &mut Criterion) {
+    // The worst case: a zero buffer is read to the end.
+    let buf = vec![0u8; 4 << 20];
+    let mut g = c.benchmark_group("zero_check");
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("is_zero_4mib", |b| b.iter(|| pagestream_engine::page::is_zero(black_box(&buf))));
+    g.bench_function("iter_all_4mib_baseline", |b| b.iter(|| black_box(&buf).iter().all(|x| *x == 0)));
+    g.finish();
+}
+
+criterion_group!(benches, bench_pagemap, bench_runset, bench_zero_check);
 criterion_main!(benches);

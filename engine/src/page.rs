@@ -9,15 +9,7 @@ use std::sync::OnceLock;
 /// hosts with the same page size.
 pub fn page_size() -> u64 {
     static PAGE_SIZE: OnceLock<u64> = OnceLock::new();
-    *PAGE_SIZE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions and only reads a system constant.
-        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if v > 0 {
-            v as u64
-        } else {
-            4096
-        }
-    })
+    *PAGE_SIZE.get_or_init(|| crate::sys::sysconf_page_size().unwrap_or(4096))
 }
 
 /// A run of `nr_pages` consecutive pages starting at `vaddr`.
@@ -94,18 +86,16 @@ impl fmt::Debug for PageRun {
 ///
 /// `iter().all(|b| *b == 0)` runs at ~2.7 GB/s; wide ORs reach the memory bandwidth.
 pub fn is_zero(buf: &[u8]) -> bool {
-    // SAFETY: u64 has no invalid bit patterns; align_to only reinterprets the aligned middle.
-    let (head, words, tail) = unsafe { buf.align_to::<u64>() };
-    if head.iter().any(|b| *b != 0) || tail.iter().any(|b| *b != 0) {
-        return false;
-    }
-    let mut blocks = words.chunks_exact(8);
+    let word = |w: &[u8]| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    let mut blocks = buf.chunks_exact(64);
     for b in &mut blocks {
-        if (b[0] | b[1] | b[2] | b[3] | b[4] | b[5] | b[6] | b[7]) != 0 {
+        // One OR over eight words per step; the compiler turns this into vector loads.
+        let acc = b.chunks_exact(8).fold(0u64, |acc, w| acc | word(w));
+        if acc != 0 {
             return false;
         }
     }
-    blocks.remainder().iter().all(|w| *w == 0)
+    blocks.remainder().iter().all(|b| *b == 0)
 }
 
 #[cfg(test)]

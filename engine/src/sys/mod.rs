@@ -13,6 +13,13 @@ pub mod vm_read;
 
 use std::io;
 
+/// The kernel's page size from `sysconf(_SC_PAGESIZE)`, if it answers.
+pub fn sysconf_page_size() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions and only reads a system constant.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).ok().filter(|v| *v > 0)
+}
+
 /// Turns a `-1`-means-errno return into a `Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 {
