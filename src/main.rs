@@ -9,6 +9,7 @@ mod image_verify;
 mod page_server_cmd;
 mod progress_sink;
 mod receive_cmd;
+mod receive_criu_cmd;
 mod round_report;
 mod rusage;
 mod send_cmd;
@@ -39,12 +40,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Live-migrate a running process's memory to a `pagestream receive` (pre-copy over QUIC).
     Send(send_cmd::SendArgs),
-    /// Receive one migration and write it as a CRIU image directory.
+    /// Receive one migration and write it as a CRIU image directory (or, with --criu-sessions,
+    /// CRIU page-server sessions relayed by `pagestream page-server --to`).
     Receive {
         /// Address to listen on (UDP).
         #[arg(long, value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,
-        /// The image directory to create on commit (must not exist).
+        /// The image directory to create on commit (must not exist); with --criu-sessions the root
+        /// of DIR/1, DIR/2, ... and DIR/last (created if missing).
         #[arg(long)]
         images_dir: PathBuf,
         #[command(flatten)]
@@ -52,6 +55,8 @@ enum Command {
         /// JSON lines instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        criu: receive_criu_cmd::CriuSessionsArgs,
     },
     /// Receive `criu dump/pre-dump --page-server` sessions into DIR/1, DIR/2, ... (a pre-dump
     /// chain with `parent` links and a `last` link), as a drop-in `criu page-server`.
@@ -178,7 +183,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Send(args) => send_cmd::run(&args),
-        Command::Receive { listen, images_dir, tls, json } => receive_cmd::run(listen, &images_dir, &tls, json),
+        Command::Receive { listen, images_dir, tls, criu, .. } if criu.criu_sessions => {
+            receive_criu_cmd::run(listen, &images_dir, &tls, &criu)
+        }
+        Command::Receive { listen, images_dir, tls, json, .. } => receive_cmd::run(listen, &images_dir, &tls, json),
         Command::Certs { dir, names } => certs_cmd(&dir, &names),
         Command::PageServer(args) => page_server_cmd::run(&args),
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),

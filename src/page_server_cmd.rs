@@ -2,19 +2,26 @@
 //! each session (one per CRIU invocation) as a numbered image directory `DIR/k`, chained to
 //! `DIR/k-1` with a `parent` link, and points `DIR/last` at the newest complete one.
 //!
+//! With `--to HOST:PORT` instead of `--images-dir`, each session is relayed over QUIC (mutual TLS,
+//! LZ4, zero chunks elided) to a `pagestream receive --criu-sessions` on the destination, which
+//! stores it the same way there; CLOSE is answered only once the destination committed it.
+//!
 //! The listening address defaults to loopback, `127.0.0.1:27027` (give CRIU the same `--address`
 //! and `--port`): CRIU's protocol has neither authentication nor encryption here.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use pagestream_engine::criu::session_dirs::SessionDirs;
 use pagestream_engine::page_size;
-use pagestream_transport::criu_ps::tcp_server::{self, ServerConfig, SessionReport};
+use pagestream_transport::criu_ps::tcp_server::{self, ServeTotals, ServerConfig, SessionReport};
 use pagestream_transport::criu_ps::{HeaderLayout, LayoutChoice};
+use pagestream_transport::relay::{RelayConfig, RelayReport, RelaySource};
+
+use crate::tls_args::TlsArgs;
 
 /// The default port (on 127.0.0.1).
 pub const DEFAULT_PORT: u16 = 27027;
@@ -31,8 +38,17 @@ pub struct PageServerArgs {
     #[arg(long, value_name = "FD")]
     pub listen_fd: Option<i32>,
     /// Root of the session directories: session k goes to DIR/k, DIR/last points to the newest.
-    #[arg(long, value_name = "DIR")]
-    pub images_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "to", conflicts_with = "to")]
+    pub images_dir: Option<PathBuf>,
+    /// Relay each session over QUIC to `pagestream receive --criu-sessions` at HOST:PORT instead
+    /// of storing it here (needs the TLS options or --insecure).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// With --to: the name the destination's certificate must carry (default: HOST of --to).
+    #[arg(long, requires = "to")]
+    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Page-server header layout: 24 (CRIU <= 4.1.1), 32 (CRIU >= 4.2) or auto (detected from
     /// each session's first command).
     #[arg(long, default_value = "auto", value_parser = parse_header_layout)]
@@ -64,9 +80,14 @@ pub fn run(args: &PageServerArgs) -> Result<()> {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         ..ServerConfig::new(page_size())
     };
+    let images_dir = match (&args.images_dir, &args.to) {
+        (_, Some(to)) => return relay(args, to, &cfg),
+        (Some(dir), None) => dir,
+        (None, None) => bail!("--images-dir DIR or --to HOST:PORT is required"),
+    };
     if let Some(fd) = args.listen_fd {
         let stream = inherited_socket(fd)?;
-        let dirs = SessionDirs::open(&args.images_dir, cfg.page_size)?;
+        let dirs = SessionDirs::open(images_dir, cfg.page_size)?;
         println!("serving the session on fd {fd}, images in {}", dirs.root().display());
         let report = tcp_server::serve_connection(stream, None, &dirs, &cfg);
         print_report(&report, dirs.root());
@@ -75,12 +96,21 @@ pub fn run(args: &PageServerArgs) -> Result<()> {
             Err(_) => bail!("the session failed; nothing was committed"),
         };
     }
-    let dirs = SessionDirs::open(&args.images_dir, cfg.page_size)?;
+    let dirs = SessionDirs::open(images_dir, cfg.page_size)?;
+    let (listener, local) = listen(args)?;
+    println!("listening on {local}, images in {} (next session {})", dirs.root().display(), dirs.next_number()?);
+    let totals = tcp_server::serve(&listener, images_dir, &cfg, |r| print_report(r, dirs.root()))?;
+    finish(totals)
+}
+
+fn listen(args: &PageServerArgs) -> Result<(TcpListener, SocketAddr)> {
     let addr = args.listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)));
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("listening address")?;
-    println!("listening on {local}, images in {} (next session {})", dirs.root().display(), dirs.next_number()?);
-    let totals = tcp_server::serve(&listener, &args.images_dir, &cfg, |r| print_report(r, dirs.root()))?;
+    Ok((listener, local))
+}
+
+fn finish(totals: ServeTotals) -> Result<()> {
     println!(
         "served {} sessions: {} committed, {} failed",
         totals.committed + totals.failed,
@@ -91,6 +121,60 @@ pub fn run(args: &PageServerArgs) -> Result<()> {
         bail!("{} of {} sessions failed", totals.failed, totals.committed + totals.failed);
     }
     Ok(())
+}
+
+/// `--to`: relays every session to the destination over QUIC.
+fn relay(args: &PageServerArgs, to: &str, cfg: &ServerConfig) -> Result<()> {
+    let dest = to
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {to}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{to} resolves to no address"))?;
+    let host = to.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(to).to_string();
+    let mut rcfg = RelayConfig::new(args.tls.security()?, args.tls_server_name.clone().unwrap_or(host), cfg.page_size);
+    rcfg.layout = cfg.layout;
+    rcfg.sessions = cfg.sessions;
+    rcfg.idle_timeout = cfg.idle_timeout;
+    let source = RelaySource::new(dest, rcfg).context("starting the QUIC relay")?;
+    if let Some(fd) = args.listen_fd {
+        let stream = inherited_socket(fd)?;
+        println!("relaying the session on fd {fd} to {dest}");
+        let report = source.relay_connection(stream, None);
+        print_relay_report(&report, dest);
+        return report.result.map(|_| ()).map_err(|_| anyhow!("the session failed; nothing was committed"));
+    }
+    let (listener, local) = listen(args)?;
+    println!("listening on {local}, relaying sessions to {dest}");
+    let totals = source.serve(&listener, |r| print_relay_report(r, dest)).context("accepting CRIU's connections")?;
+    finish(totals)
+}
+
+/// One line per relayed session on stdout (committed) or stderr (failed).
+fn print_relay_report(report: &RelayReport, dest: SocketAddr) {
+    let peer = report.peer.map(|p| format!(" from {p}")).unwrap_or_default();
+    let secs = report.elapsed.as_secs_f64();
+    match &report.result {
+        Ok(s) => {
+            println!(
+                "session relayed{peer}: committed as session {} at {dest} ({} commands, {:.1} MiB of page data \
+                 in {:.1} MiB on the wire; chunks: {} zero, {} lz4, {} raw; {}-byte headers) in {secs:.2} s",
+                s.session,
+                s.commands,
+                s.data_bytes as f64 / f64::from(1 << 20),
+                s.wire_bytes as f64 / f64::from(1 << 20),
+                s.zero_chunks,
+                s.lz4_chunks,
+                s.raw_chunks,
+                s.layout.map_or(0, HeaderLayout::len),
+            );
+            if let Some(w) = &s.warning {
+                eprintln!("pagestream page-server: warning: session {}: {w}", s.session);
+            }
+        }
+        Err(e) => eprintln!(
+            "pagestream page-server: session{peer} FAILED after {secs:.2} s: {e}; nothing of it was committed at {dest}"
+        ),
+    }
 }
 
 /// One line per session on stdout (committed) or stderr (failed).

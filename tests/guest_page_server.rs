@@ -3,7 +3,10 @@
 //! and a pre-dump chain (two `pre-dump --track-mem` rounds and a final `dump --track-mem
 //! --prev-images-dir`) whose later sessions carry only dirty pages and restore through the chain.
 //!
-//! Both scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh`.
+//! Both again relayed by `pagestream page-server --to` over QUIC (mutual TLS, loopback) to
+//! `pagestream receive --criu-sessions`, restored from the destination's `DIR/last`.
+//!
+//! The scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh`.
 
 mod common;
 
@@ -20,6 +23,8 @@ const WORKLOAD_BYTES: u64 = 32 * MIB;
 const SCENARIOS: &[(&str, &str, u64)] = &[
     ("ps_dump_restore", include_str!("vm/scenarios/ps_dump_restore.sh"), 150),
     ("ps_predump_chain", include_str!("vm/scenarios/ps_predump_chain.sh"), 240),
+    ("ps_relay_dump_restore", include_str!("vm/scenarios/ps_relay_dump_restore.sh"), 150),
+    ("ps_relay_predump_chain", include_str!("vm/scenarios/ps_relay_predump_chain.sh"), 300),
 ];
 
 fn group() -> &'static Result<GroupOutput, String> {
@@ -140,4 +145,50 @@ fn criu_predump_chain_through_pagestream_sends_only_dirty_pages_and_restores() {
         s3 >> 10
     ));
     guest::report_pass("criu_predump_chain_through_pagestream_sends_only_dirty_pages_and_restores", out);
+}
+
+#[test]
+fn criu_dump_relayed_over_quic_then_restore_from_last() {
+    let Some(out) = scenario("ps_relay_dump_restore") else { return };
+    let relayed = line(out, "relayed pages_bytes=");
+    assert!(num(relayed, "pages_bytes") >= WORKLOAD_BYTES, "the destination got too little: {relayed}");
+    let source = line(out, "session relayed from 127.0.0.1:");
+    assert!(source.contains("committed as session 1 at 127.0.0.1:"), "{source}");
+    assert!(source.contains("24-byte headers"), "CRIU 3.17 uses the 24-byte header: {source}");
+    let dest = line(out, "session 1 committed from 127.0.0.1:");
+    assert!(dest.contains("has_parent answered yes 0 /"), "a first session has no parent: {dest}");
+    assert_eq!(line(out, "last -> ").trim_end(), "last -> 1");
+    assert!(line(out, "ok: ps/last: ").contains("chain of 1 image directory"), "{}", out.output);
+    assert_restored_alive(out);
+    guest::note(&format!("guest: criu dump relayed over QUIC: {}", line(out, "dump took ")));
+    guest::report_pass("criu_dump_relayed_over_quic_then_restore_from_last", out);
+}
+
+#[test]
+fn criu_predump_chain_relayed_over_quic_sends_only_dirty_pages_and_restores() {
+    let Some(out) = scenario("ps_relay_predump_chain") else { return };
+    let sizes: Vec<u64> =
+        (1..=3).map(|k| num(line(out, &format!("session {k} pages_bytes=")), "pages_bytes")).collect();
+    let (s1, s2, s3) = (sizes[0], sizes[1], sizes[2]);
+    assert!(s1 >= WORKLOAD_BYTES, "the first pre-dump must carry the whole working set: {s1} bytes");
+    assert!(s2 < s1 / 2 && s3 < s1 / 2, "later sessions not much smaller: {s1} / {s2} / {s3} bytes");
+    assert!(line(out, "session 2 pages_bytes=").ends_with("parent=../1"), "{}", out.output);
+    assert!(line(out, "session 3 pages_bytes=").ends_with("parent=../2"), "{}", out.output);
+    assert_eq!(line(out, "last -> ").trim_end(), "last -> 3");
+    let relayed = out.output.lines().filter(|l| l.starts_with("session relayed from 127.0.0.1:")).count();
+    assert_eq!(relayed, 3, "the source relayed three sessions:\n{}", out.output);
+    for k in [2, 3] {
+        let s = line(out, &format!("session {k} committed from "));
+        assert!(!s.contains("has_parent answered yes 0 /"), "session {k} must be told about its parent: {s}");
+        assert!(count_before(s, " pages in parent") > 0, "session {k} sent no PE_PARENT holes: {s}");
+    }
+    assert!(line(out, "ok: ps/last: ").contains("chain of 3 image directories"), "{}", out.output);
+    assert_restored_alive(out);
+    guest::note(&format!(
+        "guest: pre-dump chain relayed over QUIC: pages {} KiB, {} KiB, final {} KiB",
+        s1 >> 10,
+        s2 >> 10,
+        s3 >> 10
+    ));
+    guest::report_pass("criu_predump_chain_relayed_over_quic_sends_only_dirty_pages_and_restores", out);
 }

@@ -6,7 +6,10 @@
 //! * [`quic`]: the QUIC page transport over it: [`quic::QuicSink`] (the sender, a blocking
 //!   [`pagestream_engine::sink::PageSink`]) and [`quic::Receiver`] (lands a session as a CRIU
 //!   image directory), mutual TLS 1.3 and development certificates.
+//! * [`relay`]: CRIU page-server sessions forwarded over QUIC (`pagestream page-server --to` to
+//!   `pagestream receive --criu-sessions`).
 
 pub mod criu_ps;
 pub mod quic;
+pub mod relay;
 pub mod wire;

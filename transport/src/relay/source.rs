@@ -1,0 +1,377 @@
+//! [`RelaySource`]: the CRIU-facing end of the relay (`pagestream page-server --to`). It accepts
+//! CRIU's TCP connections one after another, as the local page server does, decodes each with a
+//! [`CommandDecoder`], and relays it over its own QUIC connection to a
+//! [`RelayReceiver`](super::RelayReceiver).
+//!
+//! Commands go out as Command frames; page data is cut into chunks of [`CHUNK_BYTES`] (the last
+//! chunk of an entry may be shorter) and encoded by the frame encoder (zero marker, LZ4, raw).
+//! Before a command that CRIU expects an answer to is answered, everything queued is written and
+//! the destination's answer awaited: Reply (OPEN2, PARENT) is written to CRIU as is, Committed
+//! (CLOSE) only arrives once the destination's session directory is durable. Then, as CRIU's own
+//! server does, the source waits for CRIU to close first (not after FORCE_CLOSE).
+//!
+//! On any failure (CRIU's bytes, CRIU going away, the destination failing the session or
+//! vanishing) the source tells the destination (Abort, best effort), closes the QUIC connection
+//! and shuts CRIU's socket down without a CLOSE reply. The socket I/O is blocking, in the caller's
+//! thread; QUIC runs on a small tokio runtime owned by the source.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn::{Connection, Endpoint, VarInt};
+use tokio::runtime::Runtime;
+
+use super::frame::{bounded_reason, ChunkEncoding, RelayFrame, RELAY_VERSION};
+use super::stream::FrameStream;
+use super::{relay_client_crypto, relay_transport, RelayError};
+use crate::criu_ps::header::HeaderLayout;
+use crate::criu_ps::tcp_server::ServeTotals;
+use crate::criu_ps::{CommandDecoder, LayoutChoice, PsCommand, ServerInput};
+use crate::quic::endpoint::{client_bind_addr, make_endpoint, runtime, Side, DEFAULT_IDLE_TIMEOUT};
+use crate::quic::session::{close, connection_error, CLOSE_ABORT, CLOSE_DONE};
+use crate::quic::{Security, TransportError};
+
+/// Page data per Data frame (before compression).
+pub const CHUNK_BYTES: usize = 256 << 10;
+/// Bytes read from CRIU's socket per call.
+const READ_CHUNK: usize = 256 << 10;
+/// Queued frame bytes written to QUIC at once.
+const FLUSH_BYTES: usize = 1 << 20;
+/// How long a failing source waits for the destination's last word before closing.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
+/// How the source runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// TLS towards the destination.
+    pub security: Security,
+    /// The name the destination's certificate must carry.
+    pub server_name: String,
+    /// CRIU's header layout: fixed, or detected per session.
+    pub layout: LayoutChoice,
+    /// The page size of the dumping machine (this one).
+    pub page_size: u64,
+    /// Stop after this many sessions (committed or failed); `None`: forever.
+    pub sessions: Option<u64>,
+    /// Fail a session when CRIU sends nothing for this long; `None`: wait forever.
+    pub idle_timeout: Option<Duration>,
+    /// After the CLOSE reply, how long to wait for CRIU's EOF.
+    pub close_wait: Duration,
+    /// QUIC idle timeout: a silent destination is lost after this long.
+    pub quic_idle_timeout: Duration,
+    /// Compress page data with LZ4 (zero chunks are elided either way).
+    pub lz4: bool,
+}
+
+impl RelayConfig {
+    /// Detect the layout, serve forever, 300 s CRIU idle timeout, 30 s close wait, LZ4.
+    pub fn new(security: Security, server_name: String, page_size: u64) -> RelayConfig {
+        RelayConfig {
+            security,
+            server_name,
+            layout: LayoutChoice::Detect,
+            page_size,
+            sessions: None,
+            idle_timeout: Some(Duration::from_secs(300)),
+            close_wait: Duration::from_secs(30),
+            quic_idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            lz4: true,
+        }
+    }
+}
+
+/// A relayed session that the destination committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelaySummary {
+    /// The destination's session number (`DIR/k`).
+    pub session: u64,
+    /// CRIU commands relayed.
+    pub commands: u64,
+    /// Bytes of page data CRIU sent.
+    pub data_bytes: u64,
+    /// Bytes written to the relay stream (frames, after compression).
+    pub wire_bytes: u64,
+    /// Data chunks sent as zero markers, LZ4 blocks and raw bytes.
+    pub zero_chunks: u64,
+    /// See `zero_chunks`.
+    pub lz4_chunks: u64,
+    /// See `zero_chunks`.
+    pub raw_chunks: u64,
+    /// CRIU's header size.
+    pub layout: Option<HeaderLayout>,
+    /// A problem after the commit (e.g. CRIU did not close); the session stays committed.
+    pub warning: Option<String>,
+}
+
+/// The outcome of one CRIU connection.
+#[derive(Debug)]
+pub struct RelayReport {
+    /// CRIU's address, when known.
+    pub peer: Option<SocketAddr>,
+    /// From accept to close.
+    pub elapsed: Duration,
+    /// The committed session or why there is none.
+    pub result: Result<RelaySummary, RelayError>,
+}
+
+/// The source end of the relay; see the module documentation.
+pub struct RelaySource {
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    dest: SocketAddr,
+    cfg: RelayConfig,
+    // Declared last: dropped after the endpoint that lives on it.
+    rt: Runtime,
+}
+
+impl RelaySource {
+    /// A source relaying to `dest` (no connection is made until a session arrives).
+    pub fn new(dest: SocketAddr, cfg: RelayConfig) -> Result<RelaySource, TransportError> {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(relay_client_crypto(&cfg.security)?)
+            .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(relay_transport(Side::Client, cfg.quic_idle_timeout)?);
+        let rt = runtime("pagestream-relay", 1)?;
+        let endpoint = {
+            let _guard = rt.enter();
+            make_endpoint(client_bind_addr(dest), None)?
+        };
+        Ok(RelaySource { endpoint, client, dest, cfg, rt })
+    }
+
+    /// Accepts and relays CRIU sessions one after another; calls `on_session` after each.
+    /// Returns after [`RelayConfig::sessions`] sessions, or with `accept`'s error.
+    pub fn serve(&self, listener: &TcpListener, mut on_session: impl FnMut(&RelayReport)) -> io::Result<ServeTotals> {
+        let mut totals = ServeTotals::default();
+        while self.cfg.sessions.is_none_or(|max| totals.committed + totals.failed < max) {
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let report = self.relay_connection(stream, Some(peer));
+            if report.result.is_ok() {
+                totals.committed += 1;
+            } else {
+                totals.failed += 1;
+            }
+            on_session(&report);
+        }
+        Ok(totals)
+    }
+
+    /// Relays the one session on `stream` (accepted or inherited).
+    pub fn relay_connection(&self, stream: TcpStream, peer: Option<SocketAddr>) -> RelayReport {
+        let started = Instant::now();
+        let mut conn = None;
+        let result = self.run(&stream, &mut conn);
+        if let Some(conn) = conn {
+            match &result {
+                Ok(_) => close(&conn, CLOSE_DONE, "session relayed"),
+                Err(e) => close(&conn, CLOSE_ABORT, &e.to_string()),
+            }
+        }
+        if result.is_err() {
+            // No CLOSE reply: CRIU's only way to learn that the session failed.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        RelayReport { peer, elapsed: started.elapsed(), result }
+    }
+
+    fn connect(&self) -> Result<(Connection, FrameStream), RelayError> {
+        let dest = self.dest;
+        let failed = |reason: String| TransportError::Connect { addr: dest, reason };
+        self.rt.block_on(async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.client.clone(), dest, &self.cfg.server_name)
+                .map_err(|e| failed(e.to_string()))?;
+            let conn = match tokio::time::timeout(self.cfg.quic_idle_timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(failed(e.to_string()).into()),
+                Err(_) => return Err(failed(format!("no answer within {:?}", self.cfg.quic_idle_timeout)).into()),
+            };
+            let (send, recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
+            Ok((conn.clone(), FrameStream::new(send, recv, self.cfg.lz4)))
+        })
+    }
+
+    fn run(&self, sock: &TcpStream, conn_out: &mut Option<Connection>) -> Result<RelaySummary, RelayError> {
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        sock.set_read_timeout(self.cfg.idle_timeout).map_err(|source| RelayError::Io { op: "setsockopt", source })?;
+        let mut decoder = CommandDecoder::new(self.cfg.layout, self.cfg.page_size)?;
+        let (conn, mut relay) = self.connect()?;
+        *conn_out = Some(conn);
+        let mut s = Relayed { summary: RelaySummary::default(), chunk: BytesMut::new(), force_close: false };
+        let result = self.relay(sock, &mut decoder, &mut relay, &mut s);
+        s.summary.wire_bytes = relay.bytes_out;
+        s.summary.layout = decoder.layout();
+        if let Err(e) = &result {
+            self.rt.block_on(async {
+                let abort = RelayFrame::Abort { reason: bounded_reason(&e.to_string()) };
+                let _ = tokio::time::timeout(ABORT_WAIT, async {
+                    if relay.send(&abort).await.is_ok() {
+                        relay.finish();
+                        // The destination answers Failed (or closes); either way it has let go.
+                        let _ = relay.recv().await;
+                    }
+                })
+                .await;
+            });
+        }
+        s.summary.session = result?;
+        relay.finish();
+        if !s.force_close && s.summary.warning.is_none() {
+            s.summary.warning = wait_for_eof(sock, &mut decoder, self.cfg.close_wait);
+        }
+        Ok(s.summary)
+    }
+
+    /// The relay loop; returns the destination's session number once it committed.
+    fn relay(
+        &self,
+        sock: &TcpStream,
+        decoder: &mut CommandDecoder,
+        relay: &mut FrameStream,
+        s: &mut Relayed,
+    ) -> Result<u64, RelayError> {
+        relay.queue(&RelayFrame::Begin { version: RELAY_VERSION, page_size: self.cfg.page_size })?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut bytes = vec![0u8; READ_CHUNK];
+        loop {
+            let n = read_some(sock, &mut bytes, self.cfg.idle_timeout)?;
+            if n == 0 {
+                decoder.finish()?;
+                return Err(RelayError::EofBeforeClose { commands: s.summary.commands });
+            }
+            buf.extend_from_slice(&bytes[..n]);
+            while let Some(input) = decoder.decode(&mut buf)? {
+                match input {
+                    ServerInput::PageData(data) => {
+                        s.summary.data_bytes += data.len() as u64;
+                        s.chunk.extend_from_slice(&data);
+                        let entry_done = decoder.payload_remaining() == 0;
+                        while s.chunk.len() >= CHUNK_BYTES || (entry_done && !s.chunk.is_empty()) {
+                            let piece = s.chunk.split_to(s.chunk.len().min(CHUNK_BYTES));
+                            let (encoder, out) = relay.encoder_and_pending();
+                            match encoder.encode_data(&piece, out)? {
+                                ChunkEncoding::Zero => s.summary.zero_chunks += 1,
+                                ChunkEncoding::Lz4 => s.summary.lz4_chunks += 1,
+                                ChunkEncoding::Raw => s.summary.raw_chunks += 1,
+                            }
+                        }
+                    }
+                    ServerInput::Command(command) => {
+                        s.summary.commands += 1;
+                        s.force_close |= command == PsCommand::ForceClose;
+                        relay.queue(&RelayFrame::Command(command))?;
+                        if command.expected_reply().is_some() {
+                            if let Some(session) = self.answer(sock, relay, command, &mut s.summary.warning)? {
+                                return Ok(session);
+                            }
+                        }
+                    }
+                }
+                if relay.pending() >= FLUSH_BYTES {
+                    self.rt.block_on(relay.flush())?;
+                }
+            }
+            self.rt.block_on(relay.flush())?;
+        }
+    }
+
+    /// Flushes, waits for the destination's answer to `command` and writes it to CRIU; returns
+    /// the session number once CLOSE was answered with Committed (the session stays committed if
+    /// CRIU cannot be told: that goes to `warning`).
+    fn answer(
+        &self,
+        mut sock: &TcpStream,
+        relay: &mut FrameStream,
+        command: PsCommand,
+        warning: &mut Option<String>,
+    ) -> Result<Option<u64>, RelayError> {
+        let frame = self.rt.block_on(async {
+            relay.flush().await?;
+            relay.recv().await
+        })?;
+        let closing = matches!(command, PsCommand::Close | PsCommand::ForceClose);
+        let (reply, session) = match frame {
+            Some(RelayFrame::Reply(reply)) if !closing => (reply, None),
+            Some(RelayFrame::Committed { session, reply }) if closing => (reply, Some(session)),
+            Some(RelayFrame::Failed { reason }) => return Err(RelayError::Destination(reason)),
+            Some(other) => return Err(RelayError::Unexpected { got: other.name(), when: "awaiting a reply" }),
+            None => return Err(RelayError::Destination("it ended the stream without an answer".into())),
+        };
+        match (sock.write_all(&reply), session) {
+            (Ok(()), _) => {}
+            (Err(e), Some(number)) => {
+                *warning = Some(format!("session {number} is committed but its CLOSE reply could not be sent: {e}"));
+            }
+            (Err(source), None) => return Err(RelayError::Io { op: "write", source }),
+        }
+        Ok(session)
+    }
+}
+
+/// What one session accumulates.
+struct Relayed {
+    summary: RelaySummary,
+    /// Page data not yet cut into a chunk.
+    chunk: BytesMut,
+    force_close: bool,
+}
+
+fn read_some(mut sock: &TcpStream, chunk: &mut [u8], idle: Option<Duration>) -> Result<usize, RelayError> {
+    loop {
+        match sock.read(chunk) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(RelayError::IdleTimeout(idle.unwrap_or_default()))
+            }
+            Err(source) => return Err(RelayError::Io { op: "read", source }),
+        }
+    }
+}
+
+/// After the CLOSE reply: reads until CRIU's EOF; a warning if it sent more or did not close.
+fn wait_for_eof(sock: &TcpStream, decoder: &mut CommandDecoder, wait: Duration) -> Option<String> {
+    if let Err(e) = sock.set_read_timeout(Some(wait.max(Duration::from_millis(1)))) {
+        return Some(format!("cannot wait for CRIU's EOF: {e}"));
+    }
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Only the 8-byte tail of a detected 32-byte CLOSE may follow.
+        if let Err(e) = decoder.decode(&mut buf) {
+            return Some(format!("after CLOSE: {e}"));
+        }
+        match read_some(sock, &mut chunk, Some(wait)) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Some(format!("waiting for CRIU to close after CLOSE: {e}")),
+        }
+    }
+}
+
+impl Drop for RelaySource {
+    fn drop(&mut self) {
+        self.endpoint.close(VarInt::from_u32(CLOSE_DONE), b"page server stopped");
+        // Let the last FIN / CONNECTION_CLOSE leave, so the destination need not time out.
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        });
+    }
+}
