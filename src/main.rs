@@ -1,11 +1,13 @@
 //! The `pagestream` command line: argument parsing, logging setup and dispatch to subcommands.
 
+mod bench_lazy;
 mod bench_stream;
 mod bench_track;
 mod demo;
 mod image_example;
 mod image_show;
 mod image_verify;
+mod lazy_pages_cmd;
 mod page_server_cmd;
 mod progress_sink;
 mod receive_cmd;
@@ -61,6 +63,8 @@ enum Command {
     /// Receive `criu dump/pre-dump --page-server` sessions into DIR/1, DIR/2, ... (a pre-dump
     /// chain with `parent` links and a `last` link), as a drop-in `criu page-server`.
     PageServer(page_server_cmd::PageServerArgs),
+    /// Serve a lazy (post-copy) restore from a local image directory, as `criu lazy-pages -D DIR`.
+    LazyPages(lazy_pages_cmd::LazyPagesArgs),
     /// Make a development CA and receiver/sender certificates for mutual TLS in DIR.
     Certs {
         /// Where to write cacert.pem, server-*.pem, client-*.pem (files must not exist).
@@ -123,6 +127,8 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Local lazy restore: fault service latency and pages/s to full residency.
+    Lazy(bench_lazy::BenchLazyArgs),
     /// GB/s of process memory over QUIC (LZ4 and uncompressed) vs a plain TCP copy, with CPU
     /// seconds per GB and peak RSS of sender and receiver.
     Stream {
@@ -189,6 +195,8 @@ fn main() -> ExitCode {
         Command::Receive { listen, images_dir, tls, json, .. } => receive_cmd::run(listen, &images_dir, &tls, json),
         Command::Certs { dir, names } => certs_cmd(&dir, &names),
         Command::PageServer(args) => page_server_cmd::run(&args),
+        Command::LazyPages(args) => lazy_pages_cmd::run(&args),
+        Command::Bench(BenchCommand::Lazy(args)) => bench_lazy::run(&args),
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),
         Command::Image(ImageCommand::Example { dir }) => image_example::run(&dir),

@@ -9,6 +9,8 @@
 //! * [`sink`]: [`sink::PageSink`], where a migration's pages go (implemented by transports).
 //! * [`store`]: [`store::PageStore`], the destination's staging of received pages.
 //! * [`sys`]: raw kernel interfaces (all `unsafe` lives there).
+//! * [`lazy`]: lazy (post-copy) restore: the userfaultfd handler, page sources, the
+//!   `lazy-pages.socket` handoff.
 //! * [`criu`]: CRIU's image formats (pagemap, pages, parent chains) and an atomic image writer.
 //!
 //! ```
@@ -31,6 +33,7 @@
 //! ```
 
 pub mod criu;
+pub mod lazy;
 pub mod page;
 pub mod precopy;
 pub mod process;

@@ -7,7 +7,10 @@ pub mod guardian;
 pub mod pagemap_scan;
 pub mod pidfd;
 pub mod ptrace_ext;
+pub mod scm_rights;
 pub mod uffd;
+pub mod uffd_fill;
+pub mod uffd_missing;
 pub mod uffd_self;
 pub mod vm_read;
 

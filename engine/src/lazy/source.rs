@@ -1,0 +1,198 @@
+//! [`PageSource`]: where a lazy restore gets the pages of a run, and [`ImageSource`], the local
+//! implementation over an image directory and its parent chain.
+//!
+//! The handler asks by dump-time address (what the pagemap says), never by socket: a network
+//! source implements the same trait.
+
+use std::path::Path;
+
+use super::ranges::LazyRanges;
+use crate::criu::{ImageChain, ImageDir, ImageError, PagemapId};
+use crate::page::PageRun;
+
+/// Why a source could not supply pages.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the images failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The page is `PE_LAZY` without data here: this source cannot supply it.
+    #[error("{id:?} page {vaddr:#x} is lazy without data in {dir}: a local source cannot supply it")]
+    NoData { id: PagemapId, vaddr: u64, dir: String },
+    /// A caller error: buffers that do not match the run.
+    #[error("buffer of {have} bytes for a run of {nr_pages} pages")]
+    BadBuffer { have: usize, nr_pages: u64 },
+    /// Any other failure of a source (network sources report theirs here).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Gives the pages of a run of a pagemap, by dump-time address.
+pub trait PageSource {
+    /// The page size the source works in.
+    fn page_size(&self) -> u64;
+
+    /// Fills `out` (`run.nr_pages * page_size` bytes) with the pages of `run` of pagemap `id`
+    /// and sets `zero[i]` for each page that is zero (absent in the images, or known zero); the
+    /// bytes of such pages in `out` are unspecified.
+    fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError>;
+}
+
+/// Pages from a local image directory and its parents: `Data` becomes bytes, `Absent` zero,
+/// and a lazy page without data anywhere in the chain is an error.
+pub struct ImageSource {
+    chain: ImageChain,
+    page_size: u64,
+}
+
+/// What the chain holds for a span of pages starting at a given address.
+enum Span<'a> {
+    Data { pm: &'a crate::criu::PagemapFile, offset: u64 },
+    Zero,
+}
+
+impl ImageSource {
+    /// Opens `dir` (parent links confined to `root`, default: `dir`'s parent).
+    pub fn open(dir: &Path, root: Option<&Path>, page_size: u64) -> Result<Self, SourceError> {
+        let chain = ImageChain::open(dir, root, page_size)?;
+        chain.verify()?;
+        Ok(Self { chain, page_size })
+    }
+
+    /// The newest image directory of the chain.
+    pub fn dir(&self) -> Option<&ImageDir> {
+        self.chain.levels().first()
+    }
+
+    /// The lazy pages of task `pid` in the newest directory (see [`lazy_ranges_of`]).
+    pub fn lazy_ranges(&self, pid: i32) -> (PagemapId, LazyRanges) {
+        match self.dir() {
+            Some(d) => lazy_ranges_of(d, pid),
+            None => (PagemapId::Task(u64::from(pid.unsigned_abs())), LazyRanges::new(self.page_size)),
+        }
+    }
+
+    /// Resolves `[at, limit)` down the chain: how the pages from `at` are held, and up to where.
+    fn resolve(&self, id: PagemapId, at: u64, mut limit: u64) -> Result<(Span<'_>, u64), SourceError> {
+        let ps = self.page_size;
+        for (depth, level) in self.chain.levels().iter().enumerate() {
+            let Some(pm) = level.pagemap(id) else {
+                return self.absent_below(depth, id, at, limit);
+            };
+            let entries = &pm.pagemap.entries;
+            let Some(i) = pm.pagemap.find(at, ps) else {
+                let next = entries.get(entries.partition_point(|e| e.vaddr <= at)).map_or(u64::MAX, |e| e.vaddr);
+                return self.absent_below(depth, id, at, limit.min(next));
+            };
+            let e = entries[i];
+            limit = limit.min(e.vaddr + e.nr_pages * ps);
+            if let Some(base) = pm.data_offsets[i] {
+                return Ok((Span::Data { pm, offset: base + (at - e.vaddr) }, limit));
+            }
+            if e.flags.is_parent() {
+                continue;
+            }
+            if e.flags.is_lazy() {
+                return Err(SourceError::NoData { id, vaddr: at, dir: level.path().display().to_string() });
+            }
+            return Ok((Span::Zero, limit));
+        }
+        Err(SourceError::Other(format!("{id:?} page {at:#x} is PE_PARENT but the chain ends")))
+    }
+
+    fn absent_below(&self, depth: usize, id: PagemapId, at: u64, limit: u64) -> Result<(Span<'_>, u64), SourceError> {
+        if depth == 0 {
+            return Ok((Span::Zero, limit));
+        }
+        Err(SourceError::Other(format!(
+            "{id:?} page {at:#x} is PE_PARENT but {} does not hold it",
+            self.chain.levels()[depth].path().display()
+        )))
+    }
+}
+
+/// The lazy pages of task `pid` in `dir`: every `PE_LAZY` entry of its pagemap (none when it has
+/// no pagemap), at their dump-time addresses.
+pub fn lazy_ranges_of(dir: &ImageDir, pid: i32) -> (PagemapId, LazyRanges) {
+    let id = PagemapId::Task(u64::from(pid.unsigned_abs()));
+    let ps = dir.page_size();
+    let mut ranges = LazyRanges::new(ps);
+    if let Some(pm) = dir.pagemap(id) {
+        for e in pm.pagemap.entries.iter().filter(|e| e.flags.is_lazy()) {
+            ranges.insert(e.vaddr, e.vaddr + e.nr_pages * ps, e.vaddr);
+        }
+    }
+    (id, ranges)
+}
+
+impl PageSource for ImageSource {
+    fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError> {
+        let ps = self.page_size;
+        let n = run.nr_pages as usize;
+        if out.len() as u64 != run.nr_pages * ps || zero.len() != n {
+            return Err(SourceError::BadBuffer { have: out.len(), nr_pages: run.nr_pages });
+        }
+        let end = run.end(ps);
+        let mut at = run.vaddr;
+        while at < end {
+            let (span, upto) = self.resolve(id, at, end)?;
+            let (from, to) = (((at - run.vaddr) / ps) as usize, ((upto - run.vaddr) / ps) as usize);
+            match span {
+                Span::Data { pm, offset } => {
+                    pm.read_data(offset, &mut out[from * ps as usize..to * ps as usize])?;
+                    zero[from..to].fill(false);
+                }
+                Span::Zero => zero[from..to].fill(true),
+            }
+            at = upto;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::criu::{ImageDirWriter, PageFlags};
+
+    #[test]
+    fn data_zero_parent_and_lazy_without_data() {
+        let ps = crate::page_size();
+        let tmp = tempfile::tempdir().unwrap();
+        let id = PagemapId::Task(7);
+        let mut w = ImageDirWriter::create(&tmp.path().join("1"), ps, 1).unwrap();
+        let pm = w.open_pagemap(id).unwrap();
+        pm.push_present(0x10000, &vec![1u8; 2 * ps as usize], PageFlags::LAZY).unwrap();
+        pm.push_present(0x20000, &vec![9u8; ps as usize], PageFlags(0)).unwrap();
+        w.commit().unwrap();
+        let mut w = ImageDirWriter::create(&tmp.path().join("2"), ps, 1).unwrap();
+        w.set_parent(Path::new("../1")).unwrap();
+        let pm = w.open_pagemap(id).unwrap();
+        pm.push_present(0x10000, &vec![2u8; ps as usize], PageFlags::LAZY).unwrap();
+        pm.push_hole(PageRun::new(0x10000 + ps, 1), PageFlags::PARENT | PageFlags::LAZY).unwrap();
+        pm.push_hole(PageRun::new(0x30000, 1), PageFlags::LAZY).unwrap();
+        pm.push_hole(PageRun::new(0x20000, 1), PageFlags::PARENT).unwrap_err(); // unsorted: refused
+        w.commit().unwrap();
+
+        let mut src = ImageSource::open(&tmp.path().join("2"), None, ps).unwrap();
+        let run = PageRun::new(0x10000, 3);
+        let mut out = vec![0xEEu8; 3 * ps as usize];
+        let mut zero = vec![false; 3];
+        src.read_run(id, run, &mut out, &mut zero).unwrap();
+        assert_eq!(zero, [false, false, true]);
+        assert!(out[..ps as usize].iter().all(|b| *b == 2));
+        assert!(out[ps as usize..2 * ps as usize].iter().all(|b| *b == 1));
+        let err = src.read_run(id, PageRun::new(0x30000, 1), &mut out[..ps as usize], &mut zero[..1]).unwrap_err();
+        assert!(err.to_string().contains("lazy without data"), "{err}");
+        let err = src.read_run(id, run, &mut out[..ps as usize], &mut zero).unwrap_err();
+        assert!(matches!(err, SourceError::BadBuffer { .. }));
+        let (pm, lazy) = src.lazy_ranges(7);
+        assert_eq!(pm, id);
+        assert_eq!(lazy.len_pages(), 3);
+        assert_eq!(src.lazy_ranges(8).1.len_pages(), 0);
+    }
+}
