@@ -10,9 +10,8 @@ mod common;
 
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use common::guest::{self, GroupOutput, GuestOutput, Scenario};
+use common::guest::{self, line, num, GuestOutput, SharedBoot};
 
 const MIB: u64 = 1 << 20;
 /// The working set the scenarios give the workload (`--size 32M`).
@@ -27,56 +26,20 @@ const SCENARIOS: &[(&str, &str, u64)] = &[
     ("criu_lazy_remote", include_str!("vm/scenarios/criu_lazy_remote.sh"), 120),
 ];
 
-fn group() -> &'static Result<GroupOutput, String> {
-    static GROUP: OnceLock<Result<GroupOutput, String>> = OnceLock::new();
-    GROUP.get_or_init(|| {
-        let scenarios: Vec<Scenario> = SCENARIOS
-            .iter()
-            .map(|&(name, script, secs)| Scenario { name, script, timeout: Duration::from_secs(secs) })
-            .collect();
-        let workload = Path::new(env!("CARGO_BIN_EXE_pagestream-workload"));
-        let out = guest::run_group("guest_criu", &[("pagestream-workload", workload)], &[], &scenarios);
-        if let Ok(g) = &out {
-            guest::note(&format!(
-                "guest: guest_criu: {} scenarios in one boot, {:.1} s wall (init after {:.1} s of guest uptime)",
-                g.scenarios.len(),
-                g.wall.as_secs_f64(),
-                g.boot.as_secs_f64()
-            ));
-        }
-        out
-    })
+static BOOT: SharedBoot = SharedBoot {
+    name: "guest_criu",
+    scenarios: SCENARIOS,
+    forbidden: &[("CORRUPT", "the workload saw corrupted memory")],
+    cell: OnceLock::new(),
+};
+
+fn binaries() -> [(&'static str, &'static Path); 1] {
+    [("pagestream-workload", Path::new(env!("CARGO_BIN_EXE_pagestream-workload")))]
 }
 
-/// The output of scenario `name` once it passed in the guest; `None` when the guest is not
-/// available here (the test then skips, or panics when the guest is required).
+/// The output of scenario `name` once it passed in the guest (see [`SharedBoot::passed`]).
 fn scenario(name: &str) -> Option<&'static GuestOutput> {
-    if !guest::ready() {
-        return None;
-    }
-    let group = group().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    let out = group
-        .scenario(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not finish; console ends:\n{}", group.console_tail(4000)));
-    assert_eq!(out.exit_status, 0, "scenario {name} failed (status {}):\n{}", out.exit_status, out.output);
-    assert!(!out.output.contains("CORRUPT"), "{name}: the workload saw corrupted memory:\n{}", out.output);
-    Some(out)
-}
-
-/// The line of `out` starting with `prefix`, panicking with the output if there is none.
-fn line<'a>(out: &'a GuestOutput, prefix: &str) -> &'a str {
-    out.output
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("{}: no line starting with {prefix:?} in:\n{}", out.name, out.output))
-}
-
-/// The number after `key=` in `line`.
-fn num(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {key}= in {line:?}"))
+    BOOT.passed(name, &binaries())
 }
 
 /// The workload's verification count after restore is larger than before the dump: the restored

@@ -306,3 +306,72 @@ fn parse_console(console: String, wall: Duration) -> GroupOutput {
     }
     GroupOutput { scenarios, boot, wall, console }
 }
+
+/// Scenarios of one test file that share a single boot: the first test to ask boots the guest
+/// and runs them all; every test then checks its own scenario.
+pub struct SharedBoot {
+    /// Name of the run (a file under target/guest/runs).
+    pub name: &'static str,
+    /// `(scenario name, script, timeout in seconds)`.
+    pub scenarios: &'static [(&'static str, &'static str, u64)],
+    /// Strings that must not appear in a passing scenario's output, with what they would mean.
+    pub forbidden: &'static [(&'static str, &'static str)],
+    /// The result, once booted.
+    pub cell: OnceLock<Result<GroupOutput, String>>,
+}
+
+impl SharedBoot {
+    fn group(&'static self, binaries: &[(&str, &Path)]) -> &'static Result<GroupOutput, String> {
+        self.cell.get_or_init(|| {
+            let scenarios: Vec<Scenario> = self
+                .scenarios
+                .iter()
+                .map(|&(name, script, secs)| Scenario { name, script, timeout: Duration::from_secs(secs) })
+                .collect();
+            let out = run_group(self.name, binaries, &[], &scenarios);
+            if let Ok(g) = &out {
+                note(&format!(
+                    "guest: {}: {} scenarios in one boot, {:.1} s wall (init after {:.1} s of guest uptime)",
+                    self.name,
+                    g.scenarios.len(),
+                    g.wall.as_secs_f64(),
+                    g.boot.as_secs_f64()
+                ));
+            }
+            out
+        })
+    }
+
+    /// The output of scenario `name` once it passed (status 0, nothing forbidden in it); `None`
+    /// when the guest is not available here (the test then skips, or panics when required).
+    pub fn passed(&'static self, name: &str, binaries: &[(&str, &Path)]) -> Option<&'static GuestOutput> {
+        if !ready() {
+            return None;
+        }
+        let group = self.group(binaries).as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let out = group
+            .scenario(name)
+            .unwrap_or_else(|| panic!("scenario {name} did not finish; console ends:\n{}", group.console_tail(4000)));
+        assert_eq!(out.exit_status, 0, "scenario {name} failed (status {}):\n{}", out.exit_status, out.output);
+        for (bad, meaning) in self.forbidden {
+            assert!(!out.output.contains(bad), "{name}: {meaning}:\n{}", out.output);
+        }
+        Some(out)
+    }
+}
+
+/// The line of `out` starting with `prefix`, panicking with the output if there is none.
+pub fn line<'a>(out: &'a GuestOutput, prefix: &str) -> &'a str {
+    out.output
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{}: no line starting with {prefix:?} in:\n{}", out.name, out.output))
+}
+
+/// The number after `key=` in `line`.
+pub fn num(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key}= in {line:?}"))
+}
