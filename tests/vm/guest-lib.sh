@@ -101,3 +101,28 @@ workload_intact() {
         fail "workload reported corrupted memory"
     fi
 }
+
+# copy_other_images SRC DST: the image files the dumping CRIU kept in its own -D directory (all but
+# pagemap-*/pages-*, the parent link and the logs) into the page server's session directory.
+copy_other_images() {
+    for f in "$1"/*; do
+        case ${f##*/} in pagemap-* | pages-* | parent | *.log) continue ;; esac
+        [ -f "$f" ] && [ ! -L "$f" ] || continue
+        cp "$f" "$2"/ || fail "cannot copy $f to $2"
+    done
+}
+
+# restore_last_intact DUMPDIR PID: completes ps/last with DUMPDIR's other image files, checks it,
+# restores it with CRIU and waits until the workload (log w.log) passes another self-check.
+restore_last_intact() {
+    echo "last -> $(readlink ps/last)"
+    copy_other_images "$1" ps/last
+    pagestream image verify ps/last || fail "pagestream image verify ps/last"
+    before=$(workload_verifies w.log)
+    echo "before verifies=$before"
+    criu restore -d -D ps/last -o restore.log || { tail -20 ps/last/restore.log; fail "criu restore failed"; }
+    workload_wait_verifies w.log "$before" 60
+    echo "restored pid=$2"
+    echo "after verifies=$(workload_verifies w.log)"
+    tail -2 w.log
+}

@@ -6,14 +6,6 @@
 port=27033
 qport=4433
 
-copy_other_images() {
-    for f in "$1"/*; do
-        case ${f##*/} in pagemap-* | pages-* | parent | *.log) continue ;; esac
-        [ -f "$f" ] && [ ! -L "$f" ] || continue
-        cp "$f" "$2"/ || fail "cannot copy $f to $2"
-    done
-}
-
 pagestream certs certs >/dev/null || fail "pagestream certs"
 pid=$(workload_start w.log --size 32M --rate 2000 --report-ms 200) || fail "no workload"
 workload_wait_verifies w.log 1 60
@@ -40,13 +32,4 @@ cat ps.out ps.err recv.out recv.err
 wait_gone "$pid" 30
 ls img/pages-*.img >/dev/null 2>&1 && fail "pages were written locally, not relayed"
 echo "relayed pages_bytes=$(cat ps/1/pages-*.img | wc -c) pagemaps=$(ls ps/1/pagemap-*.img | wc -l)"
-echo "last -> $(readlink ps/last)"
-copy_other_images img ps/last
-pagestream image verify ps/last || fail "pagestream image verify ps/last"
-before=$(workload_verifies w.log)
-echo "before verifies=$before"
-criu restore -d -D ps/last -o restore.log || { tail -20 ps/last/restore.log; fail "criu restore failed"; }
-workload_wait_verifies w.log "$before" 60
-echo "restored pid=$pid"
-echo "after verifies=$(workload_verifies w.log)"
-tail -2 w.log
+restore_last_intact img "$pid"

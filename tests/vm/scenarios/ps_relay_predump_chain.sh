@@ -9,14 +9,6 @@ port=27034
 qport=4434
 echo never >/sys/kernel/mm/transparent_hugepage/enabled || fail "cannot turn THP off"
 
-copy_other_images() {
-    for f in "$1"/*; do
-        case ${f##*/} in pagemap-* | pages-* | parent | *.log) continue ;; esac
-        [ -f "$f" ] && [ ! -L "$f" ] || continue
-        cp "$f" "$2"/ || fail "cannot copy $f to $2"
-    done
-}
-
 criu_round() {
     _dir=$1 _log=$2
     shift 2
@@ -54,13 +46,4 @@ ls pre1/pages-*.img pre2/pages-*.img final/pages-*.img >/dev/null 2>&1 && fail "
 for k in 1 2 3; do
     echo "session $k pages_bytes=$(cat ps/$k/pages-*.img | wc -c) parent=$(readlink ps/$k/parent)"
 done
-echo "last -> $(readlink ps/last)"
-copy_other_images final ps/last
-pagestream image verify ps/last || fail "pagestream image verify ps/last"
-before=$(workload_verifies w.log)
-echo "before verifies=$before"
-criu restore -d -D ps/last -o restore.log || { tail -20 ps/last/restore.log; fail "criu restore failed"; }
-workload_wait_verifies w.log "$before" 60
-echo "restored pid=$pid"
-echo "after verifies=$(workload_verifies w.log)"
-tail -2 w.log
+restore_last_intact final "$pid"
