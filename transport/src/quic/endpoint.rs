@@ -6,9 +6,11 @@
 //! quinn's defaults (1.25 MB per stream) suit 100 Mbit/s at 100 ms RTT; a data stream here may
 //! hold 16 MiB in flight and the connection 64 MiB, enough for 10 Gbit/s at ~50 ms or loopback.
 //!
-//! MTU discovery keeps quinn's bounds (1200 up to 1452-byte packets). Larger packets were tried on
-//! loopback (up to 64 KiB): under load the kernel dropped big datagrams, quinn's black-hole
-//! detection then fell back to 1200 bytes, and throughput got worse, not better.
+//! MTU discovery keeps quinn's bounds (1200 up to 1452-byte packets) on real paths. Larger packets
+//! discovered on loopback did not help: under load the kernel dropped datagrams, quinn's
+//! black-hole detection took that for a too-small path MTU and fell back to 1200 bytes. Towards a
+//! loopback peer the MTU is known, so the sender uses [`LOOPBACK_MTU`]-byte packets as its
+//! minimum (no discovery, no fallback).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -31,6 +33,15 @@ pub const SEND_WINDOW: u64 = 64 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most data streams a receiver accepts in one session.
 pub const MAX_DATA_STREAMS: usize = 16;
+/// The packet size towards a loopback peer: the loopback interface's MTU (64 KiB) is known, so
+/// no discovery is needed and no loss can be mistaken for a too-small path MTU. quinn sends up to
+/// 10 packets in one GSO batch, which the kernel limits to 64 KiB in all: with 16 KiB packets no
+/// connection came up, and at 6400 bytes (batches just under 64 KiB) a sender's closing packet
+/// was sometimes lost (the receiver then only noticed at the idle timeout). 4000 leaves room.
+pub const LOOPBACK_MTU: u16 = 4000;
+/// The largest UDP payload an endpoint accepts (advertised to the peer; a sender still keeps to
+/// what its path allows).
+pub const MAX_UDP_PAYLOAD: u16 = LOOPBACK_MTU;
 
 /// Which side an endpoint is on (the server accepts the streams the client opens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +128,11 @@ pub fn make_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> R
     let socket = udp_socket(bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| TransportError::Config("no async runtime for the QUIC endpoint".into()))?;
-    Endpoint::new(EndpointConfig::default(), server, socket, runtime)
+    let mut config = EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| TransportError::Config(format!("UDP payload size {MAX_UDP_PAYLOAD}: {e}")))?;
+    Endpoint::new(config, server, socket, runtime)
         .map_err(|e| TransportError::io(format!("starting the QUIC endpoint on {bind}"), e))
 }
 
@@ -129,6 +144,17 @@ pub fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, Tr
         .enable_all()
         .build()
         .map_err(|e| TransportError::io(format!("starting the {name} runtime"), e))
+}
+
+/// The transport parameters of a sender dialing `peer`: [`transport_config`], with packets of
+/// [`LOOPBACK_MTU`] bytes when `peer` is on this host (fewer packets to seal, send and
+/// acknowledge per byte).
+pub fn client_transport(peer: SocketAddr, idle_timeout: Duration) -> Result<Arc<TransportConfig>, TransportError> {
+    let mut t = transport_config(Side::Client, idle_timeout)?;
+    if peer.ip().is_loopback() {
+        t.initial_mtu(LOOPBACK_MTU).min_mtu(LOOPBACK_MTU).mtu_discovery_config(None);
+    }
+    Ok(Arc::new(t))
 }
 
 /// A shared transport config, ready for quinn.

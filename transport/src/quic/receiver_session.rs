@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pagestream_engine::store::PageStore;
 use quinn::{Connection, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
@@ -23,10 +23,12 @@ use super::session::{
     STREAM_BAD_DATA,
 };
 use super::store_worker::{self, Committed, StoreOp};
-use crate::wire::{answer_hello, bounded_reason, Codecs, ControlFrame, DataDecoder, DataLimits, Hello, WireError};
+use crate::wire::{
+    answer_hello, bounded_reason, Codecs, ControlFrame, DataDecoder, DataLimits, DataRun, Hello, WireError,
+};
 
-/// Decoded runs waiting for the store worker (each at most one run: 4 MiB by default), so at
-/// most ~32 MiB of decoded pages wait in memory besides QUIC's own receive window.
+/// Batches of decoded runs waiting for the store worker (each at most 4 MiB, or one longer run),
+/// so at most ~32 MiB of decoded pages wait in memory besides QUIC's own receive window.
 const STORE_QUEUE: usize = 8;
 
 /// A failed incoming connection, in words.
@@ -307,7 +309,15 @@ async fn accept_data_streams(
     while readers.join_next().await.is_some() {}
 }
 
+/// Chunks taken from a data stream per read.
+const READ_CHUNKS: usize = 32;
+
+/// Decoded bytes gathered into one store operation (a single larger run travels alone).
+const BATCH_BYTES: u64 = 4 << 20;
+
 /// Decodes one data stream into the store worker's queue; the first error is the session's.
+/// Everything readable at once is decoded together and handed over as one batch (bounded by
+/// [`BATCH_BYTES`]), so the store worker is woken once per batch, not once per run.
 async fn read_data_stream(
     mut stream: RecvStream,
     limits: DataLimits,
@@ -317,11 +327,16 @@ async fn read_data_stream(
 ) {
     let mut decoder = DataDecoder::new(limits);
     let mut buf = BytesMut::new();
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    let page_size = limits.page_size();
     loop {
-        match stream.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                wire_bytes.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-                buf.extend_from_slice(&chunk.bytes);
+        match stream.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                for chunk in &mut chunks[..n] {
+                    let chunk = std::mem::take(chunk);
+                    wire_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    buf.extend_from_slice(&chunk);
+                }
             }
             Ok(None) => {
                 if let Err(e) = decoder.finish() {
@@ -334,12 +349,20 @@ async fn read_data_stream(
                 return;
             }
         }
+        let mut batch: Vec<DataRun> = Vec::new();
+        let mut batch_bytes = 0u64;
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(run)) => {
-                    if ops.send(StoreOp::Run(run)).await.is_err() {
-                        return;
+                    let bytes = run.run.len_bytes(page_size);
+                    if !batch.is_empty() && batch_bytes + bytes > BATCH_BYTES {
+                        if ops.send(StoreOp::Runs(std::mem::take(&mut batch))).await.is_err() {
+                            return;
+                        }
+                        batch_bytes = 0;
                     }
+                    batch_bytes += bytes;
+                    batch.push(run);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -348,6 +371,9 @@ async fn read_data_stream(
                     return;
                 }
             }
+        }
+        if !batch.is_empty() && ops.send(StoreOp::Runs(batch)).await.is_err() {
+            return;
         }
     }
 }

@@ -2,9 +2,11 @@
 //! tokio runtime, so the engine's pre-copy loop and the CLI stay synchronous.
 //!
 //! `send_pages` compresses in the calling thread (LZ4 when negotiated and smaller, raw
-//! otherwise; runs longer than the agreed limit are split), then takes room for the frame in a
-//! window of `window_bytes` (a semaphore counted in bytes) and hands it to one of
-//! `data_streams` writer tasks, round robin. A writer gives the room back once quinn has taken
+//! otherwise; runs longer than the agreed limit are split) and gathers frames in a batch of up to
+//! [`BATCH_BYTES`] (short runs make small frames: one hand-over per frame would cost more than
+//! the frame). A full batch, or the batch at the end of a round, takes room in a window of
+//! `window_bytes` (a semaphore counted in bytes) and goes to one of `data_streams` writer tasks,
+//! round robin. A writer gives the room back once quinn has taken
 //! the frame, so never more than `window_bytes` of frames wait in memory; when the window is
 //! full the caller blocks (backpressure). `end_round` / `commit` send their control frame and
 //! block until the receiver acknowledges. A lost connection, a failed data stream or the
@@ -15,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::sink::{CommitReceipt, PageSink, RoundSummary, SinkError, SinkStats};
 use pagestream_engine::PageRun;
@@ -29,6 +31,9 @@ use super::sender_config::SenderConfig;
 use super::sender_streams::{handshake, session_id, Connected, DataLanes, PushError};
 use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_DONE, CLOSE_PROTOCOL};
 use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport};
+
+/// Frames gathered before they are handed to a data stream together (at most the window).
+pub const BATCH_BYTES: usize = 256 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -52,6 +57,9 @@ pub struct QuicSink {
     lanes: DataLanes,
     fault: Arc<Fault>,
     encoder: RunEncoder,
+    /// Encoded frames not yet queued (at most `batch_limit` bytes, or one larger frame).
+    batch: BytesMut,
+    batch_limit: usize,
     agreement: Agreement,
     page_size: u64,
     ack_timeout: Duration,
@@ -111,6 +119,8 @@ impl QuicSink {
             lanes,
             fault,
             encoder: RunEncoder::new(limits),
+            batch: BytesMut::new(),
+            batch_limit: BATCH_BYTES.min(cfg.window_bytes),
             agreement,
             page_size,
             ack_timeout: cfg.ack_timeout,
@@ -229,6 +239,32 @@ impl QuicSink {
         }
     }
 
+    /// Makes room in the batch for a frame of up to `bound` bytes: queues the batch first if the
+    /// frame might not fit.
+    fn batch_room(&mut self, bound: u64) -> Result<(), SinkError> {
+        if !self.batch.is_empty() && self.batch.len() as u64 + bound > self.batch_limit as u64 {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Queues the batch once it is full.
+    fn batch_added(&mut self) -> Result<(), SinkError> {
+        if self.batch.len() >= self.batch_limit {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Queues the gathered frames (blocking while the window is full).
+    fn flush_batch(&mut self) -> Result<(), SinkError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let frames = self.batch.split().freeze();
+        self.enqueue(frames)
+    }
+
     /// Sends a control frame and waits for the answer `want` accepts.
     fn request(
         &mut self,
@@ -301,8 +337,11 @@ impl PageSink for QuicSink {
         for piece in run.chunks(max, ps) {
             let from = ((piece.vaddr - run.vaddr) / ps * ps) as usize;
             let bytes = &data[from..from + piece.len_bytes(ps) as usize];
-            let frame = self.encoder.encode_pages(round, id, piece, bytes).map_err(|e| self.fail(e.into()))?;
-            self.enqueue(frame)?;
+            self.batch_room(self.encoder.max_frame_len(piece.nr_pages))?;
+            if let Err(e) = self.encoder.encode_pages_into(round, id, piece, bytes, &mut self.batch) {
+                return Err(self.fail(e.into()));
+            }
+            self.batch_added()?;
         }
         self.round_data += run.nr_pages;
         self.total_pages += run.nr_pages;
@@ -320,8 +359,11 @@ impl PageSink for QuicSink {
         }
         let max = u64::from(self.encoder.limits().max_run_pages());
         for piece in run.chunks(max, ps) {
-            let frame = self.encoder.encode_zero(round, id, piece).map_err(|e| self.fail(e.into()))?;
-            self.enqueue(frame)?;
+            self.batch_room(self.encoder.max_frame_len(0))?;
+            if let Err(e) = self.encoder.encode_zero_into(round, id, piece, &mut self.batch) {
+                return Err(self.fail(e.into()));
+            }
+            self.batch_added()?;
         }
         self.round_zero += run.nr_pages;
         self.total_pages += run.nr_pages;
@@ -348,6 +390,7 @@ impl PageSink for QuicSink {
                 "round summary disagrees with the pages sent; announcing the pages sent"
             );
         }
+        self.flush_batch()?;
         let frame = ControlFrame::RoundEnd { round, data_pages: self.round_data, zero_pages: self.round_zero };
         match self.request(frame, "RoundAck", |f| matches!(f, ControlFrame::RoundAck { round: r } if *r == round)) {
             Ok(_) => {
@@ -394,6 +437,7 @@ impl PageSink for QuicSink {
             return;
         }
         tracing::info!("aborting the QUIC page stream: {reason}");
+        self.batch.clear();
         let control = &mut self.control;
         self.rt.block_on(control.send_abort(reason, Duration::from_secs(1)));
         self.state = State::Aborted;
@@ -402,7 +446,8 @@ impl PageSink for QuicSink {
 
     fn stats(&self) -> SinkStats {
         let (_, control_out) = self.control.bytes();
-        SinkStats { raw_bytes: self.stats.raw_bytes, wire_bytes: self.stats.wire_bytes + control_out }
+        let batched = self.batch.len() as u64;
+        SinkStats { raw_bytes: self.stats.raw_bytes, wire_bytes: self.stats.wire_bytes + batched + control_out }
     }
 }
 

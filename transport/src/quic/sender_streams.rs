@@ -14,7 +14,7 @@ use quinn::{Connection, Endpoint, SendStream};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::endpoint::{shared_transport, Side};
+use super::endpoint::client_transport;
 use super::error::TransportError;
 use super::sender_config::SenderConfig;
 use super::session::{close, connection_error, write_error, ControlStream, Fault, CLOSE_ABORT};
@@ -53,7 +53,7 @@ pub async fn handshake(
 ) -> Result<Connected, TransportError> {
     let connect_err = |reason: String| TransportError::Connect { addr, reason };
     let mut client = quinn::ClientConfig::new(Arc::new(quic_client_config(&cfg.security)?));
-    client.transport_config(shared_transport(Side::Client, cfg.idle_timeout)?);
+    client.transport_config(client_transport(addr, cfg.idle_timeout)?);
     let connecting = endpoint.connect_with(client, addr, &cfg.server_name).map_err(|e| connect_err(e.to_string()))?;
     let conn = match tokio::time::timeout(cfg.idle_timeout, connecting).await {
         Ok(Ok(conn)) => conn,

@@ -33,6 +33,8 @@ pub struct Committed {
 pub enum StoreOp {
     /// Store a decoded run.
     Run(DataRun),
+    /// Store decoded runs, in order.
+    Runs(Vec<DataRun>),
     /// Answer, with the distinct pages held, once round `round` holds `pages` pages (data and
     /// zero).
     AwaitRound {
@@ -95,20 +97,10 @@ impl Worker {
 
     fn apply(&mut self, op: StoreOp) -> Result<(), TransportError> {
         match op {
-            StoreOp::Run(run) => {
-                match &run.content {
-                    RunContent::Data(data) => self.store.put_pages(run.round, run.pagemap, run.run, data)?,
-                    RunContent::Zero => self.store.put_zero(run.round, run.pagemap, run.run)?,
-                }
-                self.received += run.run.nr_pages;
-                if let Some(&announced) = self.announced.get(&run.round) {
-                    let held = self.store.pages_in_round(run.round);
-                    if held > announced {
-                        return Err(TransportError::Violation(format!(
-                            "round {} carried {held} pages, more than the {announced} announced",
-                            run.round
-                        )));
-                    }
+            StoreOp::Run(run) => self.put(run)?,
+            StoreOp::Runs(runs) => {
+                for run in runs {
+                    self.put(run)?;
                 }
             }
             StoreOp::AwaitRound { round, pages, done } => {
@@ -119,6 +111,24 @@ impl Worker {
         }
         self.answer_round();
         self.answer_commit();
+        Ok(())
+    }
+
+    fn put(&mut self, run: DataRun) -> Result<(), TransportError> {
+        match &run.content {
+            RunContent::Data(data) => self.store.put_pages(run.round, run.pagemap, run.run, data)?,
+            RunContent::Zero => self.store.put_zero(run.round, run.pagemap, run.run)?,
+        }
+        self.received += run.run.nr_pages;
+        if let Some(&announced) = self.announced.get(&run.round) {
+            let held = self.store.pages_in_round(run.round);
+            if held > announced {
+                return Err(TransportError::Violation(format!(
+                    "round {} carried {held} pages, more than the {announced} announced",
+                    run.round
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -265,12 +265,24 @@ impl RunEncoder {
         Ok(RunHeader { round, pagemap, vaddr, nr_pages: nr_pages as u32, encoding: Encoding::Zero, payload_len: 0 })
     }
 
+    fn put_frame(out: &mut BytesMut, h: &RunHeader, payload: &[u8]) -> usize {
+        let len = FRAME_HEADER_LEN + RUN_HEADER_LEN + payload.len();
+        out.reserve(len);
+        put_header(out, FrameType::Run, (RUN_HEADER_LEN + payload.len()) as u32);
+        h.encode(out);
+        out.put_slice(payload);
+        len
+    }
+
     fn frame(h: &RunHeader, payload: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + RUN_HEADER_LEN + payload.len());
-        put_header(&mut out, FrameType::Run, (RUN_HEADER_LEN + payload.len()) as u32);
-        h.encode(&mut out);
-        out.put_slice(payload);
+        Self::put_frame(&mut out, h, payload);
         out.freeze()
+    }
+
+    /// The most bytes a frame of `nr_pages` pages can take (raw pages and headers).
+    pub fn max_frame_len(&self, nr_pages: u64) -> u64 {
+        (FRAME_HEADER_LEN + RUN_HEADER_LEN) as u64 + nr_pages * self.limits.page_size
     }
 
     /// One frame of `run`'s pages, whose data is `data` (`nr_pages * page_size` bytes).
@@ -281,6 +293,20 @@ impl RunEncoder {
         run: PageRun,
         data: &[u8],
     ) -> Result<Bytes, WireError> {
+        let mut out = BytesMut::new();
+        self.encode_pages_into(round, pagemap, run, data, &mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Like [`encode_pages`](Self::encode_pages), appending the frame to `out`; returns its length.
+    pub fn encode_pages_into(
+        &mut self,
+        round: u32,
+        pagemap: PagemapId,
+        run: PageRun,
+        data: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<usize, WireError> {
         let mut h = self.header(round, pagemap, run)?;
         let want = run.nr_pages * self.limits.page_size;
         if data.len() as u64 != want {
@@ -293,13 +319,13 @@ impl RunEncoder {
                 if n > 0 && n < data.len() {
                     h.encoding = Encoding::Lz4;
                     h.payload_len = n as u32;
-                    return Ok(Self::frame(&h, &self.scratch[..n]));
+                    return Ok(Self::put_frame(out, &h, &self.scratch[..n]));
                 }
             }
         }
         h.encoding = Encoding::Raw;
         h.payload_len = want as u32;
-        Ok(Self::frame(&h, data))
+        Ok(Self::put_frame(out, &h, data))
     }
 
     /// One frame saying `run`'s pages are zero.
@@ -307,6 +333,19 @@ impl RunEncoder {
         let h = self.header(round, pagemap, run)?;
         self.limits.check(&h)?;
         Ok(Self::frame(&h, &[]))
+    }
+
+    /// Like [`encode_zero`](Self::encode_zero), appending the frame to `out`; returns its length.
+    pub fn encode_zero_into(
+        &mut self,
+        round: u32,
+        pagemap: PagemapId,
+        run: PageRun,
+        out: &mut BytesMut,
+    ) -> Result<usize, WireError> {
+        let h = self.header(round, pagemap, run)?;
+        self.limits.check(&h)?;
+        Ok(Self::put_frame(out, &h, &[]))
     }
 }
 
