@@ -124,7 +124,7 @@ pub fn run(sizes: &[u64], as_json: bool) -> Result<()> {
     pagestream_transport::quic::make_dev_certs(&certs, &[])?;
     let exe = workload_next_to_me()?;
     for &size in sizes {
-        let w = Workload::spawn(&exe, &["--size", &size.to_string(), "--paused", "--report-ms", "100000000"])?;
+        let w = Workload::spawn_program(&exe, &["--size", &size.to_string(), "--paused", "--report-ms", "100000000"])?;
         let tcp = tcp_run(&w)?;
         let lz4 = quic_run(&w, &certs, scratch.path(), "lz4")?;
         let raw = quic_run(&w, &certs, scratch.path(), "none")?;

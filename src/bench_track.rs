@@ -37,7 +37,7 @@ pub fn run(size: u64, repeat: usize, as_json: bool) -> Result<()> {
             }
             continue;
         }
-        let mut w = Workload::spawn(&exe, &["--size", &size_arg, "--paused", "--report-ms", "100000000"])?;
+        let mut w = Workload::spawn_program(&exe, &["--size", &size_arg, "--paused", "--report-ms", "100000000"])?;
         let mut t = kind.open(Target::open(w.pid)?).with_context(|| format!("starting {kind}"))?;
         timed_collect(t.as_mut(), w.pid)?; // first round: everything
         let (mut clean, mut ten, mut all) = (Vec::new(), Vec::new(), Vec::new());

@@ -51,7 +51,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let size = args.size.to_string();
     let rate = args.rate.to_string();
     let exe = workload_next_to_me()?;
-    let w = Workload::spawn(&exe, &["--size", &size, "--rate", &rate, "--pattern", "hot", "--report-ms", "1000"])?;
+    let w =
+        Workload::spawn_program(&exe, &["--size", &size, "--rate", &rate, "--pattern", "hot", "--report-ms", "1000"])?;
     let json = args.precopy.json;
     if !json {
         println!(

@@ -2,6 +2,7 @@
 //! tests share (driving the test workload). The engine and the transports are their own crates.
 
 pub mod selftest_track;
+pub mod workload;
 pub mod workload_client;
 
 /// Parses a byte count with an optional K, M or G suffix (powers of 1024); zero is refused.

@@ -97,6 +97,13 @@ enum Command {
     /// Benchmarks (figures as ratios and absolute values on this machine).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The test workload built in (what `pagestream-workload` runs), for the demo and benchmarks.
+    #[command(hide = true)]
+    Workload {
+        /// The workload's own arguments (see `pagestream-workload --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Checks that this kernel supports what pagestream needs, against ground truth.
     #[command(subcommand)]
     Selftest(SelftestCommand),
@@ -181,6 +188,12 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
+    // The built-in workload must not share the CLI's logging or error handling.
+    if std::env::args().nth(1).as_deref() == Some("workload") {
+        let args = std::iter::once("pagestream-workload".to_string()).chain(std::env::args().skip(2));
+        pagestream::workload::main_from(args);
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -197,6 +210,10 @@ fn main() -> ExitCode {
         Command::PageServer(args) => page_server_cmd::run(&args),
         Command::LazyPages(args) => lazy_pages_cmd::run(&args),
         Command::Bench(BenchCommand::Lazy(args)) => bench_lazy::run(&args),
+        Command::Workload { args } => {
+            pagestream::workload::main_from(std::iter::once("pagestream-workload".to_string()).chain(args));
+            Ok(())
+        }
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),
         Command::Image(ImageCommand::Example { dir }) => image_example::run(&dir),

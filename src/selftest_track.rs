@@ -6,7 +6,6 @@
 //! digest: equal to the changed pages; soft-dirty may report more). Areas that appear, vanish
 //! or are replaced between rounds must be handled.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -14,7 +13,7 @@ use pagestream_engine::process::{MemoryLayout, Target};
 use pagestream_engine::track::{DirtyTracker, TrackerKind};
 use pagestream_engine::PageRunSet;
 
-use crate::workload_client::{parse_runs, Workload};
+use crate::workload_client::{parse_runs, Workload, WorkloadProgram};
 
 fn collect(t: &mut dyn DirtyTracker, pid: i32) -> Result<PageRunSet> {
     let layout = MemoryLayout::read(pid).with_context(|| format!("reading maps of {pid}"))?;
@@ -26,9 +25,9 @@ fn show(s: &PageRunSet) -> String {
 }
 
 /// Runs the check with the workload binary at `workload`; `log` receives one line per step.
-pub fn ground_truth(kind: TrackerKind, workload: &Path, mut log: impl FnMut(&str)) -> Result<()> {
+pub fn ground_truth(kind: TrackerKind, workload: &WorkloadProgram, mut log: impl FnMut(&str)) -> Result<()> {
     let args = ["--size", "16M", "--rate", "20000", "--pattern", "random", "--paused", "--report-ms", "100000"];
-    let mut w = Workload::spawn(workload, &args)?;
+    let mut w = Workload::spawn_program(workload, &args)?;
     let area = w.area();
     let mut t = kind.open(Target::open(w.pid)?).with_context(|| format!("starting {kind}"))?;
 

@@ -11,16 +11,30 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use pagestream_engine::{PageRun, PageRunSet};
 
-/// The workload binary installed next to the running executable (as cargo builds it).
-pub fn workload_next_to_me() -> Result<PathBuf> {
+/// How to start the workload: a program and the arguments that come before the workload's own.
+#[derive(Clone, Debug)]
+pub struct WorkloadProgram {
+    /// The executable.
+    pub exe: PathBuf,
+    /// Leading arguments (`["workload"]` when it is `pagestream` itself).
+    pub prefix: Vec<String>,
+}
+
+/// The `pagestream-workload` binary next to the running executable when there is one (as
+/// `cargo build` leaves it), else the running `pagestream` itself through its hidden `workload`
+/// subcommand, so `cargo run -- demo` works without building the other binaries.
+pub fn workload_next_to_me() -> Result<WorkloadProgram> {
     let me = std::env::current_exe().context("locating the running executable")?;
     let dir = me.parent().ok_or_else(|| anyhow!("executable has no directory"))?;
     // Test binaries live one level deeper (target/debug/deps).
     for d in [dir, dir.parent().unwrap_or(dir)] {
         let p = d.join("pagestream-workload");
         if p.exists() {
-            return Ok(p);
+            return Ok(WorkloadProgram { exe: p, prefix: Vec::new() });
         }
+    }
+    if me.file_name().is_some_and(|n| n == "pagestream") {
+        return Ok(WorkloadProgram { exe: me, prefix: vec!["workload".into()] });
     }
     bail!("pagestream-workload not found next to {} (build it with `cargo build --bins`)", me.display())
 }
@@ -39,7 +53,14 @@ pub struct Workload {
 impl Workload {
     /// Starts the workload binary at `exe` with `args` and waits for its `ready` line.
     pub fn spawn(exe: &Path, args: &[&str]) -> Result<Workload> {
+        Self::spawn_program(&WorkloadProgram { exe: exe.to_path_buf(), prefix: Vec::new() }, args)
+    }
+
+    /// Starts `program` with `args` and waits for its `ready` line.
+    pub fn spawn_program(program: &WorkloadProgram, args: &[&str]) -> Result<Workload> {
+        let exe = program.exe.as_path();
         let mut child = Command::new(exe)
+            .args(&program.prefix)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -3,9 +3,10 @@
 //! soft-dirty contains the pages written. A backend this kernel lacks is skipped with the reason
 //! printed (soft-dirty runs in the real-kernel guest instead).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use pagestream::selftest_track::ground_truth;
+use pagestream::workload_client::WorkloadProgram;
 use pagestream_engine::track::TrackerKind;
 
 fn check(kind: TrackerKind) {
@@ -13,8 +14,8 @@ fn check(kind: TrackerKind) {
         eprintln!("skipped: {kind} tracking unavailable on this kernel: {reason}");
         return;
     }
-    let exe = Path::new(env!("CARGO_BIN_EXE_pagestream-workload"));
-    ground_truth(kind, exe, |line| eprintln!("{line}")).unwrap_or_else(|e| panic!("{e:#}"));
+    let exe = WorkloadProgram { exe: PathBuf::from(env!("CARGO_BIN_EXE_pagestream-workload")), prefix: Vec::new() };
+    ground_truth(kind, &exe, |line| eprintln!("{line}")).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

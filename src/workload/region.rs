@@ -23,7 +23,7 @@ impl Region {
     }
 
     /// Length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         self.buf.len()
     }
 
