@@ -97,13 +97,6 @@ enum Command {
     /// Benchmarks (figures as ratios and absolute values on this machine).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The test workload built in (what `pagestream-workload` runs), for the demo and benchmarks.
-    #[command(hide = true)]
-    Workload {
-        /// The workload's own arguments (see `pagestream-workload --help`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
     /// Checks that this kernel supports what pagestream needs, against ground truth.
     #[command(subcommand)]
     Selftest(SelftestCommand),
@@ -188,7 +181,9 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    // The built-in workload must not share the CLI's logging or error handling.
+    // `pagestream workload ARGS`: the test workload built in (hidden; what `pagestream-workload`
+    // runs), used by the demo and benchmarks when no separate binary sits next to this one. It is
+    // dispatched before clap and logging so it behaves exactly like the separate binary.
     if std::env::args().nth(1).as_deref() == Some("workload") {
         let args = std::iter::once("pagestream-workload".to_string()).chain(std::env::args().skip(2));
         pagestream::workload::main_from(args);
@@ -210,10 +205,6 @@ fn main() -> ExitCode {
         Command::PageServer(args) => page_server_cmd::run(&args),
         Command::LazyPages(args) => lazy_pages_cmd::run(&args),
         Command::Bench(BenchCommand::Lazy(args)) => bench_lazy::run(&args),
-        Command::Workload { args } => {
-            pagestream::workload::main_from(std::iter::once("pagestream-workload".to_string()).chain(args));
-            Ok(())
-        }
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),
         Command::Image(ImageCommand::Example { dir }) => image_example::run(&dir),

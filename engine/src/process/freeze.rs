@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::target::stat_fields;
 use crate::sys::guardian::Guardian;
 
 /// How to freeze.
@@ -37,16 +38,14 @@ pub struct Frozen {
 
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `t`, `Z`, ...).
 pub fn proc_state(pid: i32) -> Option<char> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat_fields(&format!("/proc/{pid}/stat")).ok()?.first()?.chars().next()
 }
 
 fn thread_states(pid: i32) -> Vec<char> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
     dir.filter_map(|d| {
         let tid = d.ok()?.file_name();
-        let s = fs::read_to_string(format!("/proc/{pid}/task/{}/stat", tid.to_str()?)).ok()?;
-        s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+        stat_fields(&format!("/proc/{pid}/task/{}/stat", tid.to_str()?)).ok()?.first()?.chars().next()
     })
     .collect()
 }
@@ -57,8 +56,7 @@ pub fn process_tree(root: i32) -> Vec<i32> {
     if let Ok(dir) = fs::read_dir("/proc") {
         for d in dir.flatten() {
             let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+            let ppid = stat_fields(&format!("/proc/{pid}/stat")).ok().and_then(|f| f.get(1)?.parse::<i32>().ok());
             if let Some(ppid) = ppid {
                 parent_of.push((pid, ppid));
             }

@@ -34,6 +34,14 @@ impl TargetError {
     }
 }
 
+/// The fields of a `/proc/.../stat` file that follow the parenthesised command name (which may
+/// itself contain spaces and parentheses): index 0 is the state, 1 the ppid, 6 the flags.
+pub fn stat_fields(path: &str) -> std::io::Result<Vec<String>> {
+    let stat = fs::read_to_string(path)?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    Ok(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -51,12 +59,9 @@ impl Target {
             return Err(TargetError::NoSuchProcess(pid));
         }
         let pidfd = pidfd::pidfd_open(pid).map_err(|e| TargetError::from_io(pid, "open", e))?;
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_err(|e| TargetError::from_io(pid, "read stat of", e))?;
-        // Fields after the parenthesised command name: state is the first, flags the seventh.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        let fields =
+            stat_fields(&format!("/proc/{pid}/stat")).map_err(|e| TargetError::from_io(pid, "read stat of", e))?;
+        if matches!(fields.first().map(String::as_str), Some("Z" | "X")) {
             return Err(TargetError::Zombie(pid));
         }
         let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
@@ -98,10 +103,7 @@ impl Target {
 
     /// Whether the process is still alive (not exited or a zombie).
     pub fn is_alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(s) => !matches!(s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z" | "X")),
-            Err(_) => false,
-        }
+        !matches!(crate::process::freeze::proc_state(self.pid), Some('Z' | 'X') | None)
     }
 }
 
