@@ -113,11 +113,8 @@ impl DirtyTracker for SoftDirtyTracker {
         for vma in layout.migrated() {
             let io = |e| TrackError::io(format!("pagemap of {:#x}", vma.start), e);
             if new.range(vma.start, vma.end).next().is_some() {
-                let mut p = populated(&self.pagemap, vma, ps, self.method).map_err(io)?;
-                let mut outside = p.clone();
-                outside.subtract(&new);
-                p.subtract(&outside);
-                dirty.union_with(&p);
+                let p = populated(&self.pagemap, vma, ps, self.method).map_err(io)?;
+                dirty.union_with(&p.intersection(&new));
             }
             for r in current.range(vma.start, vma.end).collect::<Vec<_>>() {
                 if !new.covers(r) {

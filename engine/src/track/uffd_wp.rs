@@ -94,12 +94,9 @@ impl UffdWpTracker {
             if set.range(vma.start, vma.end).next().is_none() {
                 continue;
             }
-            let mut p = populated(&self.pagemap, vma, self.page_size, ResidencyMethod::Scan)
+            let p = populated(&self.pagemap, vma, self.page_size, ResidencyMethod::Scan)
                 .map_err(|e| TrackError::io(format!("residency of {:#x}", vma.start), e))?;
-            let mut outside = p.clone();
-            outside.subtract(set);
-            p.subtract(&outside);
-            out.union_with(&p);
+            out.union_with(&p.intersection(set));
         }
         Ok(out)
     }
