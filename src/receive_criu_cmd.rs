@@ -54,9 +54,18 @@ fn print_report(report: &DestinationReport, dirs: &SessionDirs) {
     match &report.result {
         Ok(s) => {
             let st = &s.stats;
+            let whole = match &s.files {
+                Some(f) => format!(
+                    "; a complete dump with {} image files ({:.1} KiB), marked {}",
+                    f.files,
+                    f.bytes as f64 / 1024.0,
+                    pagestream_engine::criu::commit_marker::MARKER_NAME
+                ),
+                None => String::new(),
+            };
             println!(
                 "session {number} committed from {}: {} ({} pagemaps, {} pages of data, {} pages in parent, {} lazy \
-                 without data; has_parent answered yes {} / no {}; {:.1} MiB on the wire) in {secs:.2} s",
+                 without data; has_parent answered yes {} / no {}; {:.1} MiB on the wire{whole}) in {secs:.2} s",
                 report.peer,
                 s.committed.path.display(),
                 st.pagemaps,

@@ -7,9 +7,11 @@
 //! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
 //! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
 //! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename).
+//! * [`commit_marker`]: the marker of a complete dump committed by pagestream (CRIU plugin).
 //! * [`session_dirs`]: numbered session directories `ROOT/k` chained by `parent` links, `ROOT/last`.
 
 pub mod chain;
+pub mod commit_marker;
 pub mod error;
 pub mod flags;
 pub mod image_dir;
@@ -21,9 +23,10 @@ pub mod session_dirs;
 pub mod writer;
 
 pub use chain::{ImageChain, PageLookup};
+pub use commit_marker::{CommitMarker, MarkedFile};
 pub use error::{ImageError, ImageErrorKind};
 pub use flags::PageFlags;
 pub use image_dir::{ImageDir, PagemapFile};
 pub use magic::PagemapId;
 pub use pagemap::{Pagemap, PagemapEntry};
-pub use writer::{ImageDirWriter, PagemapWriter};
+pub use writer::{ImageDirWriter, ImageFileWriter, PagemapWriter};

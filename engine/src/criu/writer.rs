@@ -13,6 +13,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::commit_marker::{CommitMarker, MARKER_NAME};
 use super::error::{ImageError, ImageErrorKind};
 use super::flags::PageFlags;
 use super::magic::{pages_file_name, PagemapId, PARENT_LINK};
@@ -218,18 +219,23 @@ impl ImageDirWriter {
 
     /// Adds a file that is not page data (inventory, core, mm, ...).
     pub fn add_file(&mut self, name: &str, data: &[u8]) -> Result<(), ImageError> {
-        if name.is_empty()
-            || name.contains('/')
-            || name == "."
-            || name == ".."
-            || PagemapId::from_file_name(name).is_some()
-        {
-            return Err(ImageError::file(
-                &self.tmp_path,
-                ImageErrorKind::Invalid(format!("refusing file name {name:?}")),
-            ));
-        }
-        write_synced(&self.tmp_path.join(name), data)
+        let mut file = self.create_file(name)?;
+        file.write(data)?;
+        file.finish()
+    }
+
+    /// Starts a file that is not page data, to be written in pieces; refuses names that are not a
+    /// plain file name or that belong to page data, the parent link or the commit marker.
+    pub fn create_file(&mut self, name: &str) -> Result<ImageFileWriter, ImageError> {
+        check_extra_file_name(name).map_err(|msg| ImageError::file(&self.tmp_path, ImageErrorKind::Invalid(msg)))?;
+        let path = self.tmp_path.join(name);
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| ImageError::io(&path, e))?;
+        Ok(ImageFileWriter { path, file: BufWriter::with_capacity(256 << 10, file), written: 0 })
+    }
+
+    /// Writes the [`CommitMarker`] (call last, just before [`commit`](Self::commit)).
+    pub fn mark_complete(&mut self, marker: &CommitMarker) -> Result<(), ImageError> {
+        write_synced(&self.tmp_path.join(MARKER_NAME), &marker.to_bytes())
     }
 
     /// Finishes every pagemap, fsyncs, and renames the directory into place; returns its path.
@@ -264,6 +270,52 @@ impl Drop for ImageDirWriter {
                 tracing::warn!(path = %self.tmp_path.display(), error = %e, "could not remove uncommitted image directory");
             }
         }
+    }
+}
+
+/// Why `name` may not be an image file added by [`ImageDirWriter::create_file`], if so.
+pub fn check_extra_file_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+:@".contains(&b));
+    let reserved = PagemapId::from_file_name(name).is_some()
+        || (name.starts_with("pages-") && name.ends_with(".img"))
+        || name == PARENT_LINK
+        || name == MARKER_NAME;
+    match (plain, reserved) {
+        (true, false) => Ok(()),
+        (false, _) => Err(format!("refusing file name {name:?}: not a plain image file name")),
+        (true, true) => {
+            Err(format!("refusing file name {name:?}: reserved for page data, the parent link or the marker"))
+        }
+    }
+}
+
+/// A file being added to an [`ImageDirWriter`]'s directory.
+pub struct ImageFileWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl ImageFileWriter {
+    /// Appends `data`.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        self.file.write_all(data).map_err(|e| ImageError::io(&self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and fsyncs the file.
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        self.file.flush().map_err(|e| ImageError::io(&self.path, e))?;
+        self.file.get_ref().sync_all().map_err(|e| ImageError::io(&self.path, e))
     }
 }
 

@@ -175,6 +175,17 @@ impl<T: SessionTarget> PageServerSession<T> {
         }
     }
 
+    /// Takes what the commit yielded (once; later calls and uncommitted sessions give `None`).
+    pub fn take_committed(&mut self) -> Option<T::Committed> {
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Committed(c) => Some(c),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
     /// Whether the session failed (and its target was dropped).
     pub fn is_failed(&self) -> bool {
         matches!(self.state, State::Failed)

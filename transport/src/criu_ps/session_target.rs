@@ -84,6 +84,44 @@ impl SessionTarget for SessionDirWriter {
     }
 }
 
+/// A [`SessionDirWriter`] whose CLOSE only stages the session: the "commit" hands the writer
+/// back, still uncommitted, so that more files (the rest of a CRIU dump) can join it before the
+/// real commit.
+pub struct StagedSession(pub SessionDirWriter);
+
+impl SessionTarget for StagedSession {
+    type Committed = SessionDirWriter;
+
+    fn has_parent(&mut self, id: PagemapId) -> Result<bool, TargetError> {
+        SessionTarget::has_parent(&mut self.0, id)
+    }
+
+    fn first_missing_in_parent(
+        &mut self,
+        id: PagemapId,
+        vaddr: u64,
+        nr_pages: u64,
+    ) -> Result<Option<u64>, TargetError> {
+        self.0.first_missing_in_parent(id, vaddr, nr_pages)
+    }
+
+    fn open_pagemap(&mut self, id: PagemapId) -> Result<(), TargetError> {
+        SessionTarget::open_pagemap(&mut self.0, id)
+    }
+
+    fn push_entry(&mut self, id: PagemapId, entry: PagemapEntry) -> Result<(), TargetError> {
+        self.0.push_entry(id, entry)
+    }
+
+    fn write_data(&mut self, id: PagemapId, data: Bytes) -> Result<(), TargetError> {
+        self.0.write_data(id, data)
+    }
+
+    fn commit(self) -> Result<SessionDirWriter, TargetError> {
+        Ok(self.0)
+    }
+}
+
 fn opened(
     dir: &mut SessionDirWriter,
     id: PagemapId,

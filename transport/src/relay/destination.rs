@@ -15,19 +15,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint, VarInt};
 use tokio::runtime::Runtime;
 
-use super::frame::{bounded_reason, RelayFrame, RELAY_VERSION};
+use super::files::{receive_files, FileStats};
+use super::frame::{bounded_reason, RelayFrame, BEGIN_WITH_FILES, RELAY_VERSION};
 use super::stream::FrameStream;
 use super::{relay_server_crypto, relay_transport, RelayError};
-use crate::criu_ps::session::{PageServerSession, SessionStats};
+use crate::criu_ps::session::{PageServerSession, SessionError, SessionStats};
+use crate::criu_ps::session_target::{SessionTarget, StagedSession};
 use crate::criu_ps::tcp_server::ServeTotals;
 use crate::criu_ps::ServerInput;
 use crate::quic::endpoint::{make_endpoint, runtime, Side, DEFAULT_IDLE_TIMEOUT};
 use crate::quic::session::{close, connection_error, CLOSE_ABORT, CLOSE_DONE, CLOSE_SHUTDOWN};
 use crate::quic::{Security, TransportError};
-use pagestream_engine::criu::session_dirs::{CommittedSession, SessionDirWriter, SessionDirs};
+use pagestream_engine::criu::session_dirs::{CommittedSession, SessionDirs};
 
 /// How long the receiver waits for the source to end its stream after Committed.
 const LINGER: Duration = Duration::from_secs(10);
@@ -42,6 +45,8 @@ pub struct DestinationSummary {
     pub committed: CommittedSession,
     /// What it received.
     pub stats: SessionStats,
+    /// The image files of a whole dump (sessions begun with files, from the CRIU plugin).
+    pub files: Option<FileStats>,
     /// Bytes read from the relay stream.
     pub wire_bytes: u64,
 }
@@ -160,12 +165,11 @@ impl RelayReceiver {
     ) -> Result<DestinationSummary, RelayError> {
         let (send, recv) = self.rt.block_on(conn.accept_bi()).map_err(|e| TransportError::Accept(describe(&e)))?;
         let mut relay = FrameStream::new(send, recv, false);
-        let mut session = None;
-        let result = self.receive(&mut relay, dirs, &mut session, number);
+        let mut stats = SessionStats::default();
+        let mut files = None;
+        // Whatever `receive` had not committed is dropped (removed) when it returns.
+        let result = self.receive(&mut relay, dirs, &mut stats, &mut files, number);
         let reason = result.as_ref().err().map(|e| bounded_reason(&e.to_string()));
-        if let Some(s) = session.as_mut().filter(|_| result.is_err()) {
-            s.fail();
-        }
         self.rt.block_on(async {
             let linger = match &reason {
                 Some(reason) => {
@@ -184,36 +188,61 @@ impl RelayReceiver {
             None => close(conn, CLOSE_DONE, "session committed"),
         }
         let committed = result?;
-        let stats = session.as_ref().map(|s| *s.stats()).unwrap_or_default();
-        Ok(DestinationSummary { committed, stats, wire_bytes: relay.bytes_in })
+        Ok(DestinationSummary { committed, stats, files, wire_bytes: relay.bytes_in })
     }
 
     fn receive(
         &self,
         relay: &mut FrameStream,
         dirs: &SessionDirs,
-        session: &mut Option<PageServerSession<SessionDirWriter>>,
+        stats: &mut SessionStats,
+        files: &mut Option<FileStats>,
         number: &mut Option<u64>,
     ) -> Result<CommittedSession, RelayError> {
-        match self.rt.block_on(relay.recv())? {
-            Some(RelayFrame::Begin { version, page_size }) => {
-                if version != RELAY_VERSION {
-                    return Err(RelayError::Begin(format!(
-                        "relay protocol version {version} is not supported (this receiver speaks {RELAY_VERSION})"
-                    )));
-                }
-                if page_size != dirs.page_size() {
-                    return Err(RelayError::Begin(format!(
-                        "the source's page size {page_size} differs from this host's {}",
-                        dirs.page_size()
-                    )));
-                }
+        let with_files = match self.rt.block_on(relay.recv())? {
+            Some(RelayFrame::Begin { version, page_size, flags }) => {
+                check_begin(version, page_size, flags, dirs.page_size())?;
+                flags & BEGIN_WITH_FILES != 0
             }
             Some(other) => return Err(RelayError::Unexpected { got: other.name(), when: "instead of Begin" }),
             None => return Err(RelayError::SourceAborted("the stream ended before Begin".into())),
+        };
+        let dir = dirs.begin().map_err(SessionError::Begin)?;
+        *number = Some(dir.number());
+        if !with_files {
+            let mut s = PageServerSession::new(dir, dirs.page_size());
+            let result = self.pages(relay, &mut s);
+            *stats = *s.stats();
+            let (committed, reply) = result?;
+            let frame = RelayFrame::Committed { session: committed.number, reply };
+            // Committed is durable already; a lost answer makes the source fail CRIU, which
+            // then retries into the next number: harmless.
+            if let Err(e) = self.rt.block_on(relay.send(&frame)) {
+                tracing::warn!(session = committed.number, "session committed but the answer was lost: {e}");
+            }
+            return Ok(committed);
         }
-        let s = session.insert(PageServerSession::begin(dirs)?);
-        *number = s.target().map(|t| t.number());
+        let mut s = PageServerSession::new(StagedSession(dir), dirs.page_size());
+        let result = self.pages(relay, &mut s);
+        *stats = *s.stats();
+        let (staged, reply) = result?;
+        self.rt.block_on(relay.send(&RelayFrame::Reply(reply)))?;
+        let received = files.insert(FileStats::default());
+        let committed = self.rt.block_on(receive_files(relay, staged, stats.data_bytes, received))?;
+        let frame = RelayFrame::Committed { session: committed.number, reply: Bytes::new() };
+        if let Err(e) = self.rt.block_on(relay.send(&frame)) {
+            tracing::warn!(session = committed.number, "dump committed but the answer was lost: {e}");
+        }
+        Ok(committed)
+    }
+
+    /// CRIU's page-server session up to CLOSE: answers OPEN2 / PARENT with Reply; returns what
+    /// the target's commit yielded and the CLOSE reply owed to CRIU.
+    fn pages<T: SessionTarget>(
+        &self,
+        relay: &mut FrameStream,
+        s: &mut PageServerSession<T>,
+    ) -> Result<(T::Committed, Bytes), RelayError> {
         let mut reply = Vec::new();
         loop {
             let input = match self.rt.block_on(relay.recv())? {
@@ -230,19 +259,28 @@ impl RelayReceiver {
             if reply.is_empty() {
                 continue;
             }
-            let answer = std::mem::take(&mut reply).into();
-            if let Some(committed) = s.committed().cloned() {
-                let frame = RelayFrame::Committed { session: committed.number, reply: answer };
-                // Committed is durable already; a lost answer makes the source fail CRIU, which
-                // then retries into the next number: harmless.
-                if let Err(e) = self.rt.block_on(relay.send(&frame)) {
-                    tracing::warn!(session = committed.number, "session committed but the answer was lost: {e}");
-                }
-                return Ok(committed);
+            let answer = Bytes::from(std::mem::take(&mut reply));
+            if let Some(committed) = s.take_committed() {
+                return Ok((committed, answer));
             }
             self.rt.block_on(relay.send(&RelayFrame::Reply(answer)))?;
         }
     }
+}
+
+fn check_begin(version: u32, page_size: u64, flags: u32, ours: u64) -> Result<(), RelayError> {
+    if version != RELAY_VERSION {
+        return Err(RelayError::Begin(format!(
+            "relay protocol version {version} is not supported (this receiver speaks {RELAY_VERSION})"
+        )));
+    }
+    if page_size != ours {
+        return Err(RelayError::Begin(format!("the source's page size {page_size} differs from this host's {ours}")));
+    }
+    if flags & !BEGIN_WITH_FILES != 0 {
+        return Err(RelayError::Begin(format!("unknown Begin flags {flags:#x}")));
+    }
+    Ok(())
 }
 
 /// A lost connection in words.

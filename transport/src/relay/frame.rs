@@ -5,13 +5,19 @@
 //!
 //! | type | frame | direction | body |
 //! | --- | --- | --- | --- |
-//! | 0x01 | [`RelayFrame::Begin`] | source → destination | `u32 version`, `u64 page_size` |
+//! | 0x01 | [`RelayFrame::Begin`] | source → destination | `u32 version`, `u64 page_size`, `u32 flags` |
 //! | 0x02 | [`RelayFrame::Command`] | source → destination | `u32 cmd`, `u64 nr_pages`, `u64 vaddr`, `u64 dst_id` (CRIU's header fields) |
 //! | 0x03 | [`RelayFrame::Data`] | source → destination | `u8 encoding`, `u32 len`, payload |
 //! | 0x04 | [`RelayFrame::Abort`] | source → destination | UTF-8 reason |
+//! | 0x05 | [`RelayFrame::File`] | source → destination | `u64 size`, UTF-8 name; `size` bytes follow as Data |
+//! | 0x06 | [`RelayFrame::Commit`] | source → destination | (empty) |
 //! | 0x11 | [`RelayFrame::Reply`] | destination → source | the reply bytes CRIU is owed (OPEN2, PARENT) |
-//! | 0x12 | [`RelayFrame::Committed`] | destination → source | `u64 session`, the CLOSE reply bytes |
+//! | 0x12 | [`RelayFrame::Committed`] | destination → source | `u64 session`, the CLOSE reply bytes (none after Commit) |
 //! | 0x13 | [`RelayFrame::Failed`] | destination → source | UTF-8 reason |
+//!
+//! Begin's flag [`BEGIN_WITH_FILES`] announces a whole dump (the CRIU plugin): the destination
+//! then answers CRIU's CLOSE with a Reply and keeps the session staged while File frames bring
+//! the dump's other image files; Commit asks for the commit, answered by Committed.
 //!
 //! A Data frame carries the next `len` (1 ..= [`MAX_CHUNK`]) bytes of the current entry's page
 //! data: encoding 0 (all zero, no payload), 1 (raw, `len` bytes) or 2 (one LZ4 block of 1 ..= `len`
@@ -29,7 +35,11 @@ use lz4_flex::block::{compress_into_with_table, decompress_into, get_maximum_out
 use crate::criu_ps::{ProtocolError, PsCommand, RawIov};
 
 /// The relay protocol version carried by Begin.
-pub const RELAY_VERSION: u32 = 1;
+pub const RELAY_VERSION: u32 = 2;
+/// Begin flag: image files follow CRIU's CLOSE, and Commit ends the session.
+pub const BEGIN_WITH_FILES: u32 = 1;
+/// The longest file name a File frame carries.
+pub const MAX_FILE_NAME: usize = 255;
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// The most page-data bytes one Data frame carries (decoded).
@@ -43,24 +53,32 @@ const BEGIN: u8 = 0x01;
 const COMMAND: u8 = 0x02;
 const DATA: u8 = 0x03;
 const ABORT: u8 = 0x04;
+const FILE: u8 = 0x05;
+const COMMIT: u8 = 0x06;
 const REPLY: u8 = 0x11;
 const COMMITTED: u8 = 0x12;
 const FAILED: u8 = 0x13;
 
+const BEGIN_BODY: usize = 16;
 const COMMAND_BODY: usize = 28;
 const DATA_HEAD: usize = 5;
 
 /// One relay frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayFrame {
-    /// A session starts: protocol version and the dumping host's page size.
-    Begin { version: u32, page_size: u64 },
+    /// A session starts: protocol version, the dumping host's page size, flags
+    /// ([`BEGIN_WITH_FILES`]).
+    Begin { version: u32, page_size: u64, flags: u32 },
     /// A CRIU command, as decoded from CRIU's stream.
     Command(PsCommand),
     /// The next bytes of the current entry's page data (decoded: zero chunks are zeros).
     Data(Bytes),
     /// The source gives the session up (CRIU's stream was bad or went away).
     Abort { reason: String },
+    /// An image file of `size` bytes follows as Data frames (sessions begun with files).
+    File { name: String, size: u64 },
+    /// Every file was sent: commit the session.
+    Commit,
     /// The reply bytes owed to CRIU for OPEN2 / PARENT.
     Reply(Bytes),
     /// The session is durable as `DIR/session`; `reply` is the CLOSE reply owed to CRIU.
@@ -77,6 +95,8 @@ impl RelayFrame {
             RelayFrame::Command(_) => "Command",
             RelayFrame::Data(_) => "Data",
             RelayFrame::Abort { .. } => "Abort",
+            RelayFrame::File { .. } => "File",
+            RelayFrame::Commit => "Commit",
             RelayFrame::Reply(_) => "Reply",
             RelayFrame::Committed { .. } => "Committed",
             RelayFrame::Failed { .. } => "Failed",
@@ -135,10 +155,11 @@ impl FrameEncoder {
     /// Appends `frame` to `out`; for Data returns the encoding chosen. Writes nothing on error.
     pub fn encode(&mut self, frame: &RelayFrame, out: &mut BytesMut) -> Result<Option<ChunkEncoding>, FrameError> {
         match frame {
-            RelayFrame::Begin { version, page_size } => {
-                put_header(out, BEGIN, 12);
+            RelayFrame::Begin { version, page_size, flags } => {
+                put_header(out, BEGIN, BEGIN_BODY);
                 out.put_u32_le(*version);
                 out.put_u64_le(*page_size);
+                out.put_u32_le(*flags);
             }
             RelayFrame::Command(command) => {
                 let raw = command.to_raw()?;
@@ -151,13 +172,24 @@ impl FrameEncoder {
             RelayFrame::Data(data) => return self.encode_data(data, out).map(Some),
             RelayFrame::Abort { reason } => put_reason(out, ABORT, "Abort", reason)?,
             RelayFrame::Failed { reason } => put_reason(out, FAILED, "Failed", reason)?,
+            RelayFrame::File { name, size } => {
+                if name.is_empty() || name.len() > MAX_FILE_NAME {
+                    return Err(bad("File", format!("name of {} bytes (allowed 1..={MAX_FILE_NAME})", name.len())));
+                }
+                put_header(out, FILE, 8 + name.len());
+                out.put_u64_le(*size);
+                out.put_slice(name.as_bytes());
+            }
+            RelayFrame::Commit => put_header(out, COMMIT, 0),
             RelayFrame::Reply(reply) => {
                 check_reply("Reply", reply.len())?;
                 put_header(out, REPLY, reply.len());
                 out.put_slice(reply);
             }
             RelayFrame::Committed { session, reply } => {
-                check_reply("Committed", reply.len())?;
+                if reply.len() > MAX_REPLY {
+                    return Err(bad("Committed", format!("reply of {} bytes (at most {MAX_REPLY})", reply.len())));
+                }
                 put_header(out, COMMITTED, 8 + reply.len());
                 out.put_u64_le(*session);
                 out.put_slice(reply);
@@ -236,13 +268,15 @@ pub fn bounded_reason(reason: &str) -> String {
 /// `(name, min, max)` body length of a frame type.
 fn limits(ty: u8) -> Option<(&'static str, usize, usize)> {
     Some(match ty {
-        BEGIN => ("Begin", 12, 12),
+        BEGIN => ("Begin", BEGIN_BODY, BEGIN_BODY),
         COMMAND => ("Command", COMMAND_BODY, COMMAND_BODY),
         DATA => ("Data", DATA_HEAD, DATA_HEAD + MAX_CHUNK),
         ABORT => ("Abort", 0, MAX_REASON),
+        FILE => ("File", 9, 8 + MAX_FILE_NAME),
+        COMMIT => ("Commit", 0, 0),
         FAILED => ("Failed", 0, MAX_REASON),
         REPLY => ("Reply", 1, MAX_REPLY),
-        COMMITTED => ("Committed", 9, 8 + MAX_REPLY),
+        COMMITTED => ("Committed", 8, 8 + MAX_REPLY),
         _ => return None,
     })
 }
@@ -311,16 +345,18 @@ fn parse_body(ty: u8, frame: &'static str, body: Bytes) -> Result<RelayFrame, Fr
         a.copy_from_slice(&body[i..i + 8]);
         u64::from_le_bytes(a)
     };
-    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad(frame, "reason is not UTF-8"));
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad(frame, "text is not UTF-8"));
     // Lengths were checked against `limits`, so the fixed offsets below are in bounds.
     Ok(match ty {
-        BEGIN => RelayFrame::Begin { version: u32_at(0), page_size: u64_at(4) },
+        BEGIN => RelayFrame::Begin { version: u32_at(0), page_size: u64_at(4), flags: u32_at(12) },
         COMMAND => {
             let raw = RawIov { cmd: u32_at(0), nr_pages: u64_at(4), vaddr: u64_at(12), dst_id: u64_at(20) };
             RelayFrame::Command(PsCommand::from_raw(&raw)?)
         }
         DATA => RelayFrame::Data(parse_data(&body)?),
         ABORT => RelayFrame::Abort { reason: text(&body)? },
+        FILE => RelayFrame::File { size: u64_at(0), name: text(&body[8..])? },
+        COMMIT => RelayFrame::Commit,
         FAILED => RelayFrame::Failed { reason: text(&body)? },
         REPLY => RelayFrame::Reply(body),
         _ => RelayFrame::Committed { session: u64_at(0), reply: body.slice(8..) },

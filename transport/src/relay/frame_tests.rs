@@ -69,13 +69,19 @@ fn arb_chunk() -> impl Strategy<Value = Bytes> {
 
 fn arb_frame() -> impl Strategy<Value = RelayFrame> {
     prop_oneof![
-        (any::<u32>(), any::<u64>()).prop_map(|(version, page_size)| RelayFrame::Begin { version, page_size }),
+        (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(version, page_size, flags)| RelayFrame::Begin {
+            version,
+            page_size,
+            flags
+        }),
+        ("[a-z0-9.-]{1,255}", any::<u64>()).prop_map(|(name, size)| RelayFrame::File { name, size }),
+        Just(RelayFrame::Commit),
         arb_command().prop_map(RelayFrame::Command),
         arb_chunk().prop_map(RelayFrame::Data),
         "\\PC{0,200}".prop_map(|reason| RelayFrame::Abort { reason }),
         "\\PC{0,200}".prop_map(|reason| RelayFrame::Failed { reason }),
         proptest::collection::vec(any::<u8>(), 1..=MAX_REPLY).prop_map(|r| RelayFrame::Reply(Bytes::from(r))),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 1..=MAX_REPLY))
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..=MAX_REPLY))
             .prop_map(|(session, r)| RelayFrame::Committed { session, reply: Bytes::from(r) }),
     ]
 }
@@ -166,7 +172,10 @@ fn data_body(encoding: u8, len: u32, payload: &[u8]) -> Vec<u8> {
 fn bad_frames_are_refused_with_their_reason() {
     let err = |b: BytesMut| decode_all(b).unwrap_err().to_string();
     assert_eq!(err(frame(0x7f, &[])), "unknown relay frame type 0x7f");
-    assert!(err(frame(BEGIN, &[0; 11])).contains("Begin frame body of 11 bytes"));
+    assert!(err(frame(BEGIN, &[0; 12])).contains("Begin frame body of 12 bytes"), "a version 1 Begin");
+    assert!(err(frame(FILE, &[0; 8])).contains("File frame body of 8 bytes"), "a file needs a name");
+    assert!(err(frame(FILE, &[0, 0, 0, 0, 0, 0, 0, 0, 0xff])).contains("not UTF-8"));
+    assert!(err(frame(COMMIT, &[0])).contains("Commit frame body of 1 bytes"));
     let mut huge = BytesMut::new();
     put_header(&mut huge, DATA, DATA_HEAD + MAX_CHUNK + 1);
     assert!(err(huge).contains("Data frame body of 1048582 bytes"), "checked before any payload arrives");
@@ -180,9 +189,9 @@ fn bad_frames_are_refused_with_their_reason() {
     let mut unknown = vec![0u8; COMMAND_BODY];
     unknown[0] = 0x99;
     assert!(err(frame(COMMAND, &unknown)).contains("unknown page-server command 0x99"));
-    let mut cut = encode_all(&[RelayFrame::Begin { version: 1, page_size: 4096 }]);
+    let mut cut = encode_all(&[RelayFrame::Begin { version: 2, page_size: 4096, flags: 0 }]);
     cut.truncate(10);
-    assert_eq!(decode_all(cut).unwrap_err(), FrameError::Truncated { got: 10, need: 17 });
+    assert_eq!(decode_all(cut).unwrap_err(), FrameError::Truncated { got: 10, need: 21 });
 }
 
 #[test]
@@ -202,6 +211,8 @@ fn encoder_refuses_what_the_decoder_would() {
     assert!(enc.encode(&RelayFrame::Reply(Bytes::new()), &mut out).is_err());
     let long = "x".repeat(MAX_REASON + 1);
     assert!(enc.encode(&RelayFrame::Abort { reason: long.clone() }, &mut out).is_err());
+    assert!(enc.encode(&RelayFrame::File { name: String::new(), size: 1 }, &mut out).is_err());
+    assert!(enc.encode(&RelayFrame::File { name: "x".repeat(MAX_FILE_NAME + 1), size: 1 }, &mut out).is_err());
     assert!(out.is_empty(), "nothing written on error");
     assert_eq!(bounded_reason(&long).len(), MAX_REASON);
     assert_eq!(bounded_reason(&"é".repeat(MAX_REASON)).len(), MAX_REASON);

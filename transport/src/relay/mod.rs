@@ -21,10 +21,15 @@
 //!   (nothing committed, `last` unchanged) and the source closes CRIU's socket without a CLOSE
 //!   reply, which is the only way to make CRIU fail (it ignores the CLOSE status).
 //!
+//! * **Whole dumps** (the CRIU plugin): a session begun with files answers CRIU's CLOSE without
+//!   committing; the dump's other image files follow ([`files`]) and Commit makes the destination
+//!   commit the directory with a [`CommitMarker`](pagestream_engine::criu::CommitMarker).
+//!
 //! Files: [`frame`] (sans-IO codec), [`stream`] (frames over a quinn stream), [`source`],
-//! [`destination`].
+//! [`destination`], [`files`].
 
 pub mod destination;
+pub mod files;
 pub mod frame;
 pub mod source;
 pub mod stream;
@@ -80,6 +85,12 @@ pub enum RelayError {
     /// The peer's Begin does not fit this side.
     #[error("{0}")]
     Begin(String),
+    /// A dump's image file could not be read (source side).
+    #[error("reading the image file {name}: {source}")]
+    File { name: String, source: std::io::Error },
+    /// The dump's image files were refused or could not be stored (destination side).
+    #[error("image files: {0}")]
+    Files(String),
 }
 
 /// The rustls server configuration of a relay destination: the native one with [`RELAY_ALPN`].

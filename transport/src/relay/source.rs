@@ -24,7 +24,8 @@ use bytes::BytesMut;
 use quinn::{Connection, Endpoint, VarInt};
 use tokio::runtime::Runtime;
 
-use super::frame::{bounded_reason, ChunkEncoding, RelayFrame, RELAY_VERSION};
+use super::files::{send_files, DumpFile, FileStats};
+use super::frame::{bounded_reason, ChunkEncoding, RelayFrame, BEGIN_WITH_FILES, RELAY_VERSION};
 use super::stream::FrameStream;
 use super::{relay_client_crypto, relay_transport, RelayError};
 use crate::criu_ps::header::HeaderLayout;
@@ -123,6 +124,8 @@ pub struct RelaySource {
     client: quinn::ClientConfig,
     dest: SocketAddr,
     cfg: RelayConfig,
+    /// A connection made ahead of the next session ([`preconnect`](Self::preconnect)).
+    preconnected: std::sync::Mutex<Option<(Connection, FrameStream)>>,
     // Declared last: dropped after the endpoint that lives on it.
     rt: Runtime,
 }
@@ -139,7 +142,17 @@ impl RelaySource {
             let _guard = rt.enter();
             make_endpoint(client_bind_addr(dest), None)?
         };
-        Ok(RelaySource { endpoint, client, dest, cfg, rt })
+        Ok(RelaySource { endpoint, client, dest, cfg, preconnected: Default::default(), rt })
+    }
+
+    /// Connects to the destination now, for the next session: an unreachable destination or a
+    /// refused certificate is reported before CRIU starts dumping.
+    pub fn preconnect(&self) -> Result<(), RelayError> {
+        let pair = self.open_connection()?;
+        if let Ok(mut slot) = self.preconnected.lock() {
+            *slot = Some(pair);
+        }
+        Ok(())
     }
 
     /// Accepts and relays CRIU sessions one after another; calls `on_session` after each.
@@ -174,7 +187,7 @@ impl RelaySource {
     pub fn relay_connection(&self, stream: TcpStream, peer: Option<SocketAddr>) -> RelayReport {
         let started = Instant::now();
         let mut conn = None;
-        let result = self.run(&stream, &mut conn);
+        let result = self.run(&stream, &mut conn, false).map(|(summary, _)| summary);
         if let Some(conn) = conn {
             match &result {
                 Ok(_) => close(&conn, CLOSE_DONE, "session relayed"),
@@ -189,6 +202,14 @@ impl RelaySource {
     }
 
     fn connect(&self) -> Result<(Connection, FrameStream), RelayError> {
+        let ready = self.preconnected.lock().ok().and_then(|mut slot| slot.take());
+        match ready {
+            Some((conn, relay)) if conn.close_reason().is_none() => Ok((conn, relay)),
+            _ => self.open_connection(),
+        }
+    }
+
+    fn open_connection(&self) -> Result<(Connection, FrameStream), RelayError> {
         let dest = self.dest;
         let failed = |reason: String| TransportError::Connect { addr: dest, reason };
         self.rt.block_on(async {
@@ -206,7 +227,34 @@ impl RelaySource {
         })
     }
 
-    fn run(&self, sock: &TcpStream, conn_out: &mut Option<Connection>) -> Result<RelaySummary, RelayError> {
+    /// Relays the page data of a whole dump on `stream` (the CRIU plugin): CRIU's CLOSE is
+    /// answered once the destination holds the pages, but nothing is committed until
+    /// [`HeldDump::commit`] has sent the dump's other files. On error the session is aborted at
+    /// both ends and the error says why.
+    pub fn relay_dump(&self, stream: TcpStream) -> Result<HeldDump<'_>, RelayError> {
+        let started = Instant::now();
+        let mut conn = None;
+        match (self.run(&stream, &mut conn, true), conn) {
+            (Ok((summary, Some(relay))), Some(conn)) => {
+                Ok(HeldDump { source: self, conn, relay, summary, started, done: false })
+            }
+            (result, conn) => {
+                let e = result.err().unwrap_or(RelayError::Unexpected { got: "no", when: "holding the dump" });
+                if let Some(conn) = conn {
+                    close(&conn, CLOSE_ABORT, &e.to_string());
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+                Err(e)
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        sock: &TcpStream,
+        conn_out: &mut Option<Connection>,
+        hold: bool,
+    ) -> Result<(RelaySummary, Option<FrameStream>), RelayError> {
         if let Err(e) = sock.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
@@ -214,7 +262,7 @@ impl RelaySource {
         let mut decoder = CommandDecoder::new(self.cfg.layout, self.cfg.page_size)?;
         let (conn, mut relay) = self.connect()?;
         *conn_out = Some(conn);
-        let mut s = Relayed { summary: RelaySummary::default(), chunk: BytesMut::new(), force_close: false };
+        let mut s = Relayed { summary: RelaySummary::default(), chunk: BytesMut::new(), force_close: false, hold };
         let result = self.relay(sock, &mut decoder, &mut relay, &mut s);
         s.summary.wire_bytes = relay.bytes_out;
         s.summary.layout = decoder.layout();
@@ -231,23 +279,27 @@ impl RelaySource {
                 .await;
             });
         }
-        s.summary.session = result?;
-        relay.finish();
+        s.summary.session = result?.unwrap_or_default();
+        if !hold {
+            relay.finish();
+        }
         if !s.force_close && s.summary.warning.is_none() {
             s.summary.warning = wait_for_eof(sock, &mut decoder, self.cfg.close_wait);
         }
-        Ok(s.summary)
+        Ok((s.summary, hold.then_some(relay)))
     }
 
-    /// The relay loop; returns the destination's session number once it committed.
+    /// The relay loop; returns the destination's session number once it committed (`None`: the
+    /// session is held for its files).
     fn relay(
         &self,
         sock: &TcpStream,
         decoder: &mut CommandDecoder,
         relay: &mut FrameStream,
         s: &mut Relayed,
-    ) -> Result<u64, RelayError> {
-        relay.queue(&RelayFrame::Begin { version: RELAY_VERSION, page_size: self.cfg.page_size })?;
+    ) -> Result<Option<u64>, RelayError> {
+        let flags = if s.hold { BEGIN_WITH_FILES } else { 0 };
+        relay.queue(&RelayFrame::Begin { version: RELAY_VERSION, page_size: self.cfg.page_size, flags })?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut bytes = vec![0u8; READ_CHUNK];
         loop {
@@ -278,8 +330,9 @@ impl RelaySource {
                         s.force_close |= command == PsCommand::ForceClose;
                         relay.queue(&RelayFrame::Command(command))?;
                         if command.expected_reply().is_some() {
-                            if let Some(session) = self.answer(sock, relay, command, &mut s.summary.warning)? {
-                                return Ok(session);
+                            let closed = self.answer(sock, relay, command, s.hold, &mut s.summary.warning)?;
+                            if closed.is_some() {
+                                return Ok(closed.flatten());
                             }
                         }
                     }
@@ -292,16 +345,18 @@ impl RelaySource {
         }
     }
 
-    /// Flushes, waits for the destination's answer to `command` and writes it to CRIU; returns
-    /// the session number once CLOSE was answered with Committed (the session stays committed if
-    /// CRIU cannot be told: that goes to `warning`).
+    /// Flushes, waits for the destination's answer to `command` and writes it to CRIU. Once CLOSE
+    /// is answered returns `Some`: the session number when it was answered with Committed (the
+    /// session stays committed if CRIU cannot be told: that goes to `warning`), `Some(None)` when
+    /// it was held (`hold`: answered with Reply).
     fn answer(
         &self,
         mut sock: &TcpStream,
         relay: &mut FrameStream,
         command: PsCommand,
+        hold: bool,
         warning: &mut Option<String>,
-    ) -> Result<Option<u64>, RelayError> {
+    ) -> Result<Option<Option<u64>>, RelayError> {
         let frame = self.rt.block_on(async {
             relay.flush().await?;
             relay.recv().await
@@ -309,7 +364,11 @@ impl RelaySource {
         let closing = matches!(command, PsCommand::Close | PsCommand::ForceClose);
         let (reply, session) = match frame {
             Some(RelayFrame::Reply(reply)) if !closing => (reply, None),
-            Some(RelayFrame::Committed { session, reply }) if closing => (reply, Some(session)),
+            Some(RelayFrame::Reply(reply)) if hold => {
+                sock.write_all(&reply).map_err(|source| RelayError::Io { op: "write", source })?;
+                return Ok(Some(None));
+            }
+            Some(RelayFrame::Committed { session, reply }) if closing && !hold => (reply, Some(session)),
             Some(RelayFrame::Failed { reason }) => return Err(RelayError::Destination(reason)),
             Some(other) => return Err(RelayError::Unexpected { got: other.name(), when: "awaiting a reply" }),
             None => return Err(RelayError::Destination("it ended the stream without an answer".into())),
@@ -321,7 +380,80 @@ impl RelaySource {
             }
             (Err(source), None) => return Err(RelayError::Io { op: "write", source }),
         }
-        Ok(session)
+        Ok(session.map(Some))
+    }
+}
+
+/// A dump whose pages the destination holds, staged until its files arrive; see
+/// [`RelaySource::relay_dump`]. Dropped without [`commit`](Self::commit), it is aborted.
+pub struct HeldDump<'a> {
+    source: &'a RelaySource,
+    conn: Connection,
+    relay: FrameStream,
+    /// What was relayed so far (`session` is set by the commit).
+    pub summary: RelaySummary,
+    started: Instant,
+    done: bool,
+}
+
+impl HeldDump<'_> {
+    /// Sends `files` and asks for the commit; returns once the destination committed the whole
+    /// dump durably. On error the destination keeps nothing.
+    pub fn commit(mut self, files: &[DumpFile]) -> Result<(RelaySummary, FileStats, Duration), RelayError> {
+        let rt = &self.source.rt;
+        let result = rt.block_on(async {
+            let stats = send_files(&mut self.relay, files).await?;
+            match self.relay.recv().await? {
+                Some(RelayFrame::Committed { session, .. }) => Ok((session, stats)),
+                Some(RelayFrame::Failed { reason }) => Err(RelayError::Destination(reason)),
+                Some(other) => Err(RelayError::Unexpected { got: other.name(), when: "awaiting the commit" }),
+                None => Err(RelayError::Destination("it ended the stream without committing".into())),
+            }
+        });
+        match result {
+            Ok((session, stats)) => {
+                self.done = true;
+                self.relay.finish();
+                close(&self.conn, CLOSE_DONE, "dump committed");
+                let mut summary = std::mem::take(&mut self.summary);
+                summary.session = session;
+                summary.wire_bytes = self.relay.bytes_out;
+                Ok((summary, stats, self.started.elapsed()))
+            }
+            Err(e) => {
+                self.abort_with(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the dump up: the destination drops it.
+    pub fn abort(mut self, reason: &str) {
+        self.abort_with(reason);
+    }
+
+    fn abort_with(&mut self, reason: &str) {
+        self.done = true;
+        let abort = RelayFrame::Abort { reason: bounded_reason(reason) };
+        let relay = &mut self.relay;
+        self.source.rt.block_on(async {
+            let _ = tokio::time::timeout(ABORT_WAIT, async {
+                if relay.send(&abort).await.is_ok() {
+                    relay.finish();
+                    let _ = relay.recv().await;
+                }
+            })
+            .await;
+        });
+        close(&self.conn, CLOSE_ABORT, reason);
+    }
+}
+
+impl Drop for HeldDump<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort_with("the dump was given up");
+        }
     }
 }
 
@@ -331,6 +463,8 @@ struct Relayed {
     /// Page data not yet cut into a chunk.
     chunk: BytesMut,
     force_close: bool,
+    /// Hold the session for its files after CLOSE (see [`RelaySource::relay_dump`]).
+    hold: bool,
 }
 
 fn read_some(mut sock: &TcpStream, chunk: &mut [u8], idle: Option<Duration>) -> Result<usize, RelayError> {
