@@ -22,7 +22,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{pagestream, stderr};
+use common::{pagestream, plugin_so, stderr};
 use criu_page_server_client::{pattern, ps, Client, PageFlags};
 use pagestream_engine::criu::{CommitMarker, ImageChain, PageLookup};
 use pagestream_transport::criu_ps::{DstId, HeaderLayout};
@@ -34,18 +34,6 @@ const HEADER: &str = "/usr/include/criu/criu-plugin.h";
 const DUMP: u32 = 0;
 const PRE_DUMP: u32 = 1;
 const RESTORE: u32 = 2;
-
-/// The plugin built with this test run: the newest of the uplifted and the `deps` copy.
-fn plugin_so() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps.parent().unwrap().join("libpagestream_criu.so"), deps.join("libpagestream_criu.so")]
-        .into_iter()
-        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .expect("libpagestream_criu.so is built with the workspace (cargo build/test --workspace)")
-}
 
 /// Builds the loader, or says why the test is skipped (CRIU's header comes with the criu package;
 /// as root or in CI it is required).

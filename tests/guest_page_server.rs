@@ -6,7 +6,12 @@
 //! Both again relayed by `pagestream page-server --to` over QUIC (mutual TLS, loopback) to
 //! `pagestream receive --criu-sessions`, restored from the destination's `DIR/last`.
 //!
-//! The scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh`.
+//! And one `criu dump` with only the CRIU plugin on the source side (`--libdir`): the destination
+//! ends with the complete, marked directory, `criu restore -D` of it works with nothing copied by
+//! hand, an unmarked directory is refused, and a failed dump commits nothing.
+//!
+//! The scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh` and
+//! `plugin_dump_restore.sh`.
 
 mod common;
 
@@ -24,6 +29,7 @@ const SCENARIOS: &[(&str, &str, u64)] = &[
     ("ps_predump_chain", include_str!("vm/scenarios/ps_predump_chain.sh"), 240),
     ("ps_relay_dump_restore", include_str!("vm/scenarios/ps_relay_dump_restore.sh"), 150),
     ("ps_relay_predump_chain", include_str!("vm/scenarios/ps_relay_predump_chain.sh"), 300),
+    ("plugin_dump_restore", include_str!("vm/scenarios/plugin_dump_restore.sh"), 200),
 ];
 
 static BOOT: SharedBoot = SharedBoot {
@@ -33,10 +39,12 @@ static BOOT: SharedBoot = SharedBoot {
     cell: OnceLock::new(),
 };
 
-fn binaries() -> [(&'static str, &'static Path); 2] {
-    [
+fn binaries() -> Vec<(&'static str, &'static Path)> {
+    static PLUGIN: OnceLock<std::path::PathBuf> = OnceLock::new();
+    vec![
         ("pagestream", Path::new(env!("CARGO_BIN_EXE_pagestream"))),
         ("pagestream-workload", Path::new(env!("CARGO_BIN_EXE_pagestream-workload"))),
+        ("libpagestream_criu.so", PLUGIN.get_or_init(common::plugin_so).as_path()),
     ]
 }
 
@@ -153,4 +161,20 @@ fn criu_predump_chain_relayed_over_quic_sends_only_dirty_pages_and_restores() {
         s3 >> 10
     ));
     guest::report_pass("criu_predump_chain_relayed_over_quic_sends_only_dirty_pages_and_restores", out);
+}
+
+#[test]
+fn one_criu_dump_with_the_plugin_leaves_a_restorable_directory_at_the_destination() {
+    let Some(out) = scenario("plugin_dump_restore") else { return };
+    assert!(line(out, "pagestream: the dump failed").contains("the destination keeps nothing"), "{}", out.output);
+    line(out, "failed dump committed nothing");
+    let dest = line(out, "session 1 committed from 127.0.0.1:");
+    assert!(dest.contains("a complete dump with "), "{dest}");
+    let summary = line(out, "pagestream: dump committed as session 1 at the destination:");
+    assert!(count_before(summary, " pages (") * 4096 >= WORKLOAD_BYTES, "{summary}");
+    assert_eq!(line(out, "last -> ").trim_end(), "last -> 1");
+    assert!(line(out, "pagestream: refusing to restore from ").contains("did not commit"), "{}", out.output);
+    assert_restored_alive(out);
+    guest::note(&format!("guest: criu dump with the pagestream plugin: {}", line(out, "dump took ")));
+    guest::report_pass("one_criu_dump_with_the_plugin_leaves_a_restorable_directory_at_the_destination", out);
 }

@@ -19,7 +19,10 @@ if [ "$(id -u)" = 0 ]; then
     # The real-kernel test guest (tests/guest_*.rs): qemu from bookworm-backports, busybox-static,
     # cpio. A failed install does not stop the suite: the guest tests then fail, naming the reason.
     bash tests/vm/install.sh || echo "== installing the guest tools failed; the guest tests will fail"
-    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit,qemu}"
+    # CRIU 4.1.1 from Debian 13, extracted under target/criu4 (not installed): real CRIU on the
+    # host kernel for tests/criu4_host.rs. A failed download makes those tests fail, naming it.
+    bash tests/criu4/install.sh || echo "== extracting CRIU 4.1.1 failed; the criu4 host tests will fail"
+    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit,qemu,criu4}"
 elif [ ${#packages[@]} -gt 0 ]; then
     echo "== not root: not installing ${packages[*]}; the tests that need them will say skipped"
 fi

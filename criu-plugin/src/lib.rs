@@ -133,8 +133,9 @@ fn exit(stage: c_int, ret: c_int) {
     match forwarder.finish(ret == 0, criu_image_dir()) {
         Outcome::Committed { summary, files, elapsed } => {
             let page_size = pagestream_engine::page::page_size();
+            // At WARN, CRIU's default log level, so that the one summary line is always in the log.
             criu_log(
-                Level::Info,
+                Level::Warn,
                 &format!(
                     "dump committed as session {} at the destination: {} pages ({:.1} MiB, {:.1} MiB on the wire), \
                      {} image files ({:.1} KiB), {:.2} s",

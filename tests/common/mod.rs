@@ -5,12 +5,26 @@
 
 pub mod guest;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `pagestream` binary built for these tests.
 pub fn pagestream(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pagestream")).args(args).output().expect("run pagestream")
+}
+
+/// The CRIU plugin built with this test run (`cargo test --workspace` builds it): the newest of
+/// the uplifted copy and the one in `deps`.
+pub fn plugin_so() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let deps = exe.parent().expect("the test's directory");
+    let target = deps.parent().expect("the target directory");
+    [target.join("libpagestream_criu.so"), deps.join("libpagestream_criu.so")]
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .expect("libpagestream_criu.so is built with the workspace (cargo build/test --workspace)")
 }
 
 /// Standard output as text.

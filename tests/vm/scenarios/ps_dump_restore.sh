@@ -1,7 +1,7 @@
 # Scenario: `criu dump --page-server` sends the pages to `pagestream page-server` (TCP on 127.0.0.1),
 # which commits them as session 1 (ps/1, ps/last -> 1); the dump's other image files are copied
 # next to them and `criu restore -D ps/last` brings the workload back, memory intact.
-. /guest/lib.sh
+. "${PAGESTREAM_GUEST_LIB:-/guest/lib.sh}"
 port=27031
 
 

@@ -6,7 +6,7 @@
 # (inventory.img with dump_uptime is what its PID-reuse check reads). The final dump's other image
 # files are copied into ps/last and `criu restore -D ps/last` resolves pages through the chain.
 # Transparent huge pages are off so that round sizes do not depend on khugepaged.
-. /guest/lib.sh
+. "${PAGESTREAM_GUEST_LIB:-/guest/lib.sh}"
 port=27032
 echo never >/sys/kernel/mm/transparent_hugepage/enabled || fail "cannot turn THP off"
 

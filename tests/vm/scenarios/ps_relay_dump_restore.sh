@@ -2,7 +2,7 @@
 # the session over QUIC (mutual TLS, loopback) to `pagestream receive --criu-sessions`; that commits
 # it as session 1 (ps/1, ps/last -> 1). The dump's other image files are copied next to the pages
 # and `criu restore -D ps/last` brings the workload back, memory intact.
-. /guest/lib.sh
+. "${PAGESTREAM_GUEST_LIB:-/guest/lib.sh}"
 port=27033
 qport=4433
 

@@ -4,7 +4,7 @@
 # as ps/1, ps/2 -> parent ../1, ps/3 -> parent ../2, ps/last -> 3 and answers has_parent from
 # them, so the later rounds carry only dirty pages. The final dump's other image files are copied
 # into ps/last and `criu restore -D ps/last` resolves pages through the chain.
-. /guest/lib.sh
+. "${PAGESTREAM_GUEST_LIB:-/guest/lib.sh}"
 port=27034
 qport=4434
 echo never >/sys/kernel/mm/transparent_hugepage/enabled || fail "cannot turn THP off"
