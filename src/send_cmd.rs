@@ -1,6 +1,7 @@
 //! `pagestream send`: live pre-copy migration of a running process's memory to a
 //! `pagestream receive` over QUIC; the source is stopped only after the destination confirmed a
-//! durable copy (or resumed with `--leave-running`).
+//! durable copy (or resumed with `--leave-running`). With `--criu-page-server` the memory goes to
+//! a real `criu page-server` instead, stop-and-copy (CRIU's protocol has one pass per session).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -9,7 +10,10 @@ use anyhow::{anyhow, Context, Result};
 use pagestream_engine::precopy::{migrate, MigrationConfig, PreCopyPolicy};
 use pagestream_engine::process::freeze::cgroup_v2_of;
 use pagestream_engine::process::{FreezeMethod, Target};
+use pagestream_engine::sink::PageSink;
 use pagestream_engine::track::TrackerKind;
+use pagestream_transport::criu_ps::client_sink::CriuPageServerSink;
+use pagestream_transport::criu_ps::HeaderLayout;
 use pagestream_transport::quic::{Compression, QuicSink, SenderConfig};
 use serde_json::json;
 
@@ -85,6 +89,14 @@ pub enum FreezeArg {
     Cgroup,
 }
 
+fn parse_header(s: &str) -> Result<HeaderLayout, String> {
+    match s {
+        "24" => Ok(HeaderLayout::Legacy24),
+        "32" => Ok(HeaderLayout::Wide32),
+        _ => Err(format!("{s:?}: expected 24 or 32")),
+    }
+}
+
 /// Everything `pagestream send` takes.
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -92,8 +104,15 @@ pub struct SendArgs {
     #[arg(long)]
     pub pid: i32,
     /// The destination's `pagestream receive` address.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub to: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "criu_page_server")]
+    pub to: Option<String>,
+    /// Dump into a real `criu page-server` at HOST:PORT instead (plain TCP, as CRIU speaks it;
+    /// stop-and-copy: the process is frozen, then all its memory is sent once).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "to")]
+    pub criu_page_server: Option<String>,
+    /// With --criu-page-server: CRIU's header size, 24 (CRIU <= 4.1.1) or 32 (CRIU >= 4.2).
+    #[arg(long, default_value = "24", value_parser = parse_header, requires = "criu_page_server")]
+    pub criu_header: HeaderLayout,
     /// The name the destination's certificate must carry (default: HOST of --to).
     #[arg(long)]
     pub tls_server_name: Option<String>,
@@ -121,7 +140,6 @@ fn resolve(to: &str) -> Result<(SocketAddr, String)> {
 
 /// Runs `pagestream send`.
 pub fn run(args: &SendArgs) -> Result<()> {
-    let (addr, host) = resolve(&args.to)?;
     let target = Target::open(args.pid)?;
     let freeze = match args.freeze {
         FreezeArg::Signal => FreezeMethod::Signal,
@@ -129,14 +147,31 @@ pub fn run(args: &SendArgs) -> Result<()> {
     };
     let kind = args.precopy.tracker();
     let mut tracker = kind.open(Target::open(args.pid)?).with_context(|| format!("starting {kind} tracking"))?;
-    let mut cfg = SenderConfig::new(args.tls.security()?);
-    cfg.server_name = args.tls_server_name.clone().unwrap_or(host);
-    cfg.compression = args.precopy.compression();
-    let sink = QuicSink::connect(addr, cfg, pagestream_engine::page_size())
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut config = args.precopy.config(freeze);
+    let sink: Box<dyn PageSink> = match (&args.to, &args.criu_page_server) {
+        (_, Some(criu)) => {
+            let (addr, _) = resolve(criu)?;
+            config.stop_and_copy = true;
+            Box::new(
+                CriuPageServerSink::connect(addr, args.criu_header, pagestream_engine::page_size())
+                    .with_context(|| format!("connecting to the CRIU page server at {addr}"))?,
+            )
+        }
+        (Some(to), None) => {
+            let (addr, host) = resolve(to)?;
+            let mut cfg = SenderConfig::new(args.tls.security()?);
+            cfg.server_name = args.tls_server_name.clone().unwrap_or(host);
+            cfg.compression = args.precopy.compression();
+            Box::new(
+                QuicSink::connect(addr, cfg, pagestream_engine::page_size())
+                    .with_context(|| format!("connecting to {addr}"))?,
+            )
+        }
+        (None, None) => return Err(anyhow!("--to or --criu-page-server is required")),
+    };
     let mut sink = ProgressSink::new(sink, !args.precopy.json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let mut printer = RoundPrinter::new(args.precopy.json);
-    let done = migrate(&target, tracker.as_mut(), &mut sink, &args.precopy.config(freeze), |r| printer.round(r))
+    let done = migrate(&target, tracker.as_mut(), &mut sink, &config, |r| printer.round(r))
         .context("migration failed; the source is running and the destination keeps nothing")?;
     let report = done.report.clone();
     let source = if args.leave_running {

@@ -9,6 +9,11 @@
 //! * `ps_relay_dump_restore`: the same relayed over QUIC (`page-server --to` → `receive
 //!   --criu-sessions`).
 //!
+//! And the other direction: `pagestream send --criu-page-server` dumps a paused workload into a
+//! real `criu page-server -D DIR` (stop-and-copy, one session); the pages CRIU wrote equal the
+//! process's memory byte for byte, and the source runs on; with no page server there, `send`
+//! fails and the source is neither frozen nor stopped.
+//!
 //! CRIU 4.1.1 speaks the page-server protocol with the 24-byte header, like 3.17. Skipped (with
 //! the reason) when target/criu4/criu is missing, unless `PAGESTREAM_REQUIRE` lists `criu4`.
 
@@ -127,4 +132,91 @@ fn criu_411_dump_relayed_over_quic_restores() {
     let Some(text) = scenario("ps_relay_dump_restore", 240) else { return };
     assert!(line(&text, "session relayed from ").contains("committed as session 1"), "{text}");
     assert_restored_alive(&text);
+}
+
+/// Waits until something listens on TCP `port` of 127.0.0.1 (without connecting: a `criu
+/// page-server` serves exactly one connection).
+fn wait_listening(port: u16) {
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    for _ in 0..300 {
+        if std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| t.contains(&needle)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')').next().and_then(|r| r.trim_start().chars().next()).unwrap()
+}
+
+#[test]
+fn pagestream_send_dumps_into_a_real_criu_page_server_byte_for_byte() {
+    let Some(criu) = criu4() else { return };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(&criu)
+        .args(["page-server", "--address", "127.0.0.1", "--port", &port.to_string(), "-D"])
+        .arg(&img)
+        .args(["-o", "ps.log", "-v4"])
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    let exe = Path::new(env!("CARGO_BIN_EXE_pagestream-workload"));
+    let mut w = pagestream::workload_client::Workload::spawn(exe, &["--size", "48M", "--rate", "3000"]).unwrap();
+    w.cmd("pause", "paused").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pagestream"))
+        .args(["send", "--pid", &w.pid.to_string(), "--leave-running", "--criu-page-server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("StopAndCopy") && text.contains("source: \"resumed\""), "{text}");
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "criu page-server failed: {}",
+        std::fs::read_to_string(img.join("ps.log")).unwrap_or_default()
+    );
+    // The paused workload's area, page by page, against what CRIU wrote (its stack and heap may
+    // change while paused; its area does not).
+    use std::os::unix::fs::FileExt;
+    let ps = w.page_size;
+    let chain = pagestream_engine::criu::ImageChain::open(&img, None, ps).unwrap();
+    chain.verify().unwrap();
+    let id = pagestream_engine::criu::PagemapId::Task(w.pid as u64);
+    let mem = std::fs::File::open(format!("/proc/{}/mem", w.pid)).unwrap();
+    let mut page = vec![0u8; ps as usize];
+    let mut data_pages = 0;
+    for i in 0..w.pages {
+        let addr = w.base + i * ps;
+        mem.read_exact_at(&mut page, addr).unwrap();
+        match chain.page_at(id, addr).unwrap() {
+            pagestream_engine::criu::PageLookup::Data(d) => {
+                assert!(d == page, "page {addr:#x} differs");
+                data_pages += 1;
+            }
+            other => assert!(page.iter().all(|&b| b == 0), "page {addr:#x} has data but the image has {other:?}"),
+        }
+    }
+    assert!(data_pages > w.pages / 2, "{data_pages} of {} pages carried data", w.pages);
+    w.cmd("resume", "resumed").unwrap();
+    w.wait_for("progress").unwrap();
+
+    // Nobody listening: a clear error, the source neither frozen nor stopped.
+    let out = Command::new(env!("CARGO_BIN_EXE_pagestream"))
+        .args(["send", "--pid", &w.pid.to_string(), "--criu-page-server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to the CRIU page server"), "{out:?}");
+    assert!(w.is_running() && process_state(w.pid) != 'T', "the source must run on");
+    w.wait_for("progress").unwrap();
 }

@@ -73,3 +73,31 @@ pub trait PageSink {
     /// Byte counters so far.
     fn stats(&self) -> SinkStats;
 }
+
+/// A boxed sink is a sink (a CLI picks its transport at run time).
+impl<S: PageSink + ?Sized> PageSink for Box<S> {
+    fn begin_round(&mut self, round: u32) -> Result<(), SinkError> {
+        (**self).begin_round(round)
+    }
+    fn send_pages(&mut self, id: PagemapId, run: PageRun, data: &[u8]) -> Result<(), SinkError> {
+        (**self).send_pages(id, run, data)
+    }
+    fn send_zero(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
+        (**self).send_zero(id, run)
+    }
+    fn discard(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
+        (**self).discard(id, run)
+    }
+    fn end_round(&mut self, summary: &RoundSummary) -> Result<(), SinkError> {
+        (**self).end_round(summary)
+    }
+    fn commit(&mut self) -> Result<CommitReceipt, SinkError> {
+        (**self).commit()
+    }
+    fn abort(&mut self, reason: &str) {
+        (**self).abort(reason)
+    }
+    fn stats(&self) -> SinkStats {
+        (**self).stats()
+    }
+}

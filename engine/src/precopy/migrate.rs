@@ -47,11 +47,18 @@ pub struct MigrationConfig {
     pub policy: PreCopyPolicy,
     pub freeze: FreezeMethod,
     pub freeze_timeout: Duration,
+    /// No live rounds: freeze at once and send everything in one (final) round.
+    pub stop_and_copy: bool,
 }
 
 impl Default for MigrationConfig {
     fn default() -> Self {
-        Self { policy: PreCopyPolicy::default(), freeze: FreezeMethod::Signal, freeze_timeout: Duration::from_secs(10) }
+        Self {
+            policy: PreCopyPolicy::default(),
+            freeze: FreezeMethod::Signal,
+            freeze_timeout: Duration::from_secs(10),
+            stop_and_copy: false,
+        }
     }
 }
 
@@ -288,23 +295,30 @@ fn migrate_inner(
 
     let mut records = Vec::new();
     let mut measures = Vec::new();
-    let mut layout = read_layout()?;
-    let mut dirty = tracker.collect(&layout)?;
     let mut sender = RoundSender { reader, tracker, holdings, id };
     let mut round = 0u32;
-    let stop_reason = loop {
-        let (mut rec, m) = sender.run_round(sink, &dirty, round, &layout)?;
-        measures.push(m);
-        layout = read_layout()?;
+    // Stop-and-copy: nothing collected before the freeze, so the final collect (the tracker's
+    // first) is every populated page.
+    let mut dirty = PageRunSet::new(page_size());
+    let stop_reason = if cfg.stop_and_copy {
+        StopReason::StopAndCopy
+    } else {
+        let mut layout = read_layout()?;
         dirty = sender.tracker.collect(&layout)?;
-        let (verdict, est) = cfg.policy.decide(&measures, round, dirty.len_pages(), start.elapsed());
-        rec.est_downtime_ms = est.map(|d| d.as_secs_f64() * 1e3);
-        on_round(&rec);
-        records.push(rec);
-        round += 1;
-        match verdict {
-            Verdict::Continue => {}
-            Verdict::Stop(reason) => break reason,
+        loop {
+            let (mut rec, m) = sender.run_round(sink, &dirty, round, &layout)?;
+            measures.push(m);
+            layout = read_layout()?;
+            dirty = sender.tracker.collect(&layout)?;
+            let (verdict, est) = cfg.policy.decide(&measures, round, dirty.len_pages(), start.elapsed());
+            rec.est_downtime_ms = est.map(|d| d.as_secs_f64() * 1e3);
+            on_round(&rec);
+            records.push(rec);
+            round += 1;
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Stop(reason) => break reason,
+            }
         }
     };
 

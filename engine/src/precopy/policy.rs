@@ -20,6 +20,9 @@ pub enum StopReason {
     MaxRounds,
     /// The deadline passed.
     Deadline,
+    /// No live rounds were asked for: freeze first, send once (a sink that takes one round, such
+    /// as a real `criu page-server`).
+    StopAndCopy,
 }
 
 /// The decision after a round.

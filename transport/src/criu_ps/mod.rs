@@ -12,6 +12,8 @@
 //! * [`reply`] — [`Reply`], [`ReplyKind`] and [`encode_reply`].
 //! * [`server_decoder`] — [`CommandDecoder`], the client → server stream as a page server sees it.
 //! * [`client_decoder`] — [`ReplyDecoder`], the server → client stream as a client sees it.
+//! * [`client_sink`] — [`client_sink::CriuPageServerSink`], a one-pass `PageSink` into a real
+//!   `criu page-server` (`pagestream send --criu-page-server`).
 //! * [`error`] — [`ProtocolError`].
 //! * [`session`] — [`session::PageServerSession`], one dump session driving a
 //!   [`session_target::SessionTarget`] (locally: a numbered image directory).
@@ -24,6 +26,7 @@
 //! global.
 
 pub mod client_decoder;
+pub mod client_sink;
 pub mod command;
 pub mod error;
 pub mod header;
