@@ -1,16 +1,23 @@
-//! `pagestream lazy-pages -D DIR [-W WORKDIR]`: a drop-in for `criu lazy-pages -D DIR` serving
-//! the lazy pages from the local image directory. It listens on `WORKDIR/lazy-pages.socket`, takes
+//! `pagestream lazy-pages -D DIR [-W WORKDIR] [--from HOST:PORT]`: a drop-in for `criu
+//! lazy-pages -D DIR [--page-server --address --port]` serving the lazy pages from the local image
+//! directory, or with `--from` from `pagestream serve-lazy` on the source host over QUIC (urgent
+//! fault stream, background push, reconnection within `--resume-timeout`). It listens on `WORKDIR/lazy-pages.socket`, takes
 //! each task's userfaultfd from `criu restore --lazy-pages` (or the test restorer), serves faults
 //! and pushes every remaining lazy page after the restore's finish marker, then prints the totals
 //! (faults, fault service latency, pages faulted vs pushed, time to full residency).
 
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use pagestream_engine::criu::ImageDir;
 use pagestream_engine::lazy::source::lazy_ranges_of;
-use pagestream_engine::lazy::{self, HandoffListener, ImageSource, LazySummary};
+use pagestream_engine::lazy::{self, HandoffListener, ImageSource, LazySummary, PageSource};
 use pagestream_engine::page_size;
+use pagestream_transport::lazy::{RemoteConfig, RemotePageSource};
+
+use crate::tls_args::TlsArgs;
 
 /// Options of `pagestream lazy-pages`.
 #[derive(clap::Args, Debug)]
@@ -22,16 +29,48 @@ pub struct LazyPagesArgs {
     /// Where `lazy-pages.socket` is created (must be the restore's work dir) [default: DIR].
     #[arg(short = 'W', long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Fetch the pages from `pagestream serve-lazy` at HOST:PORT (QUIC) instead of from DIR;
+    /// DIR's pagemaps still say which pages are lazy.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub from: Option<String>,
+    /// With --from: the name the source's certificate must carry (default: HOST of --from).
+    #[arg(long, requires = "from")]
+    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// With --from: how long faults wait for a lost source to come back before the restore fails.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", requires = "from")]
+    pub resume_timeout: f64,
     /// Print the totals as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Serves one lazy restore from the local images.
+/// Serves one lazy restore from the local images or, with `--from`, from a remote source.
 pub fn run(args: &LazyPagesArgs) -> Result<()> {
     let ps = page_size();
-    let mut source = ImageSource::open(&args.images_dir, None, ps)
-        .with_context(|| format!("opening the images in {}", args.images_dir.display()))?;
+    let mut remote = None;
+    let mut local = None;
+    let source: &mut dyn PageSource = match &args.from {
+        Some(from) => {
+            let addr = from
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {from}"))?
+                .next()
+                .ok_or_else(|| anyhow!("{from} resolves to no address"))?;
+            let host = from.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(from).to_string();
+            let mut cfg = RemoteConfig::new(args.tls.security()?, args.tls_server_name.clone().unwrap_or(host));
+            cfg.resume_timeout = Duration::try_from_secs_f64(args.resume_timeout)
+                .map_err(|_| anyhow!("--resume-timeout {} is not a duration", args.resume_timeout))?;
+            let source = RemotePageSource::connect(addr, cfg, ps).with_context(|| format!("connecting to {addr}"))?;
+            eprintln!("pagestream lazy-pages: session {} with the source at {addr}", source.session());
+            remote.insert(source)
+        }
+        None => local.insert(
+            ImageSource::open(&args.images_dir, None, ps)
+                .with_context(|| format!("opening the images in {}", args.images_dir.display()))?,
+        ),
+    };
     let work_dir = args.work_dir.clone().unwrap_or_else(|| args.images_dir.clone());
     let listener = HandoffListener::bind(&work_dir).context("creating the lazy-pages socket")?;
     eprintln!("pagestream lazy-pages: listening on {}", listener.path().display());
@@ -40,12 +79,30 @@ pub fn run(args: &LazyPagesArgs) -> Result<()> {
     let plan = ImageDir::open(&args.images_dir, ps)
         .with_context(|| format!("reading the pagemaps in {}", args.images_dir.display()))?;
     let mut ranges_of = |pid: i32| Ok(lazy_ranges_of(&plan, pid));
-    let stats = lazy::serve(&listener, &mut source, &mut ranges_of).context("lazy restore failed")?;
+    let stats = lazy::serve(&listener, source, &mut ranges_of).context("lazy restore failed")?;
     let s = stats.summary();
+    let remote = remote.map(RemotePageSource::finish);
     if args.json {
-        println!("{}", serde_json::to_string(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let (Some(r), Some(o)) = (&remote, v.as_object_mut()) {
+            o.insert("remote".into(), serde_json::to_value(r)?);
+        }
+        println!("{v}");
     } else {
         print_text(&s);
+        if let Some(r) = &remote {
+            println!(
+                "from the source: {} fetches ({} pages), {} pages pushed ({} installed from the push, {} dropped), \
+                 {} reconnects, longest outage {} ms",
+                r.fetches,
+                r.fetched_pages,
+                r.pushed_pages_received,
+                r.pushed_pages_used,
+                r.pushed_pages_dropped,
+                r.reconnects,
+                r.longest_outage_ms
+            );
+        }
     }
     Ok(())
 }

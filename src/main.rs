@@ -15,6 +15,7 @@ mod receive_criu_cmd;
 mod round_report;
 mod rusage;
 mod send_cmd;
+mod serve_lazy_cmd;
 mod tls_args;
 mod track_cmd;
 
@@ -65,6 +66,9 @@ enum Command {
     PageServer(page_server_cmd::PageServerArgs),
     /// Serve a lazy (post-copy) restore from a local image directory, as `criu lazy-pages -D DIR`.
     LazyPages(lazy_pages_cmd::LazyPagesArgs),
+    /// Serve the lazy pages of an image directory over QUIC to `pagestream lazy-pages --from` on
+    /// the destination (the source side of a post-copy restore).
+    ServeLazy(serve_lazy_cmd::ServeLazyArgs),
     /// Make a development CA and receiver/sender certificates for mutual TLS in DIR.
     Certs {
         /// Where to write cacert.pem, server-*.pem, client-*.pem (files must not exist).
@@ -204,6 +208,7 @@ fn main() -> ExitCode {
         Command::Certs { dir, names } => certs_cmd(&dir, &names),
         Command::PageServer(args) => page_server_cmd::run(&args),
         Command::LazyPages(args) => lazy_pages_cmd::run(&args),
+        Command::ServeLazy(args) => serve_lazy_cmd::run(&args),
         Command::Bench(BenchCommand::Lazy(args)) => bench_lazy::run(&args),
         Command::Image(ImageCommand::Show { dir, json }) => image_show::run(&dir, json),
         Command::Image(ImageCommand::Verify { dir, root }) => image_verify::run(&dir, root.as_deref()),

@@ -6,10 +6,13 @@
 //! * [`quic`]: the QUIC page transport over it: [`quic::QuicSink`] (the sender, a blocking
 //!   [`pagestream_engine::sink::PageSink`]) and [`quic::Receiver`] (lands a session as a CRIU
 //!   image directory), mutual TLS 1.3 and development certificates.
+//! * [`lazy`]: lazy (post-copy) restore over QUIC: `serve-lazy`'s server and the daemon's
+//!   remote page source (urgent fault stream, background push, reconnection).
 //! * [`relay`]: CRIU page-server sessions forwarded over QUIC (`pagestream page-server --to` to
 //!   `pagestream receive --criu-sessions`).
 
 pub mod criu_ps;
+pub mod lazy;
 pub mod quic;
 pub mod relay;
 pub mod wire;

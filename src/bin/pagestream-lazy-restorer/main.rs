@@ -46,6 +46,10 @@ struct Args {
     /// in the largest region (which needs at least 512 pages); a forked child checks 16 pages.
     #[arg(long)]
     exercise_events: bool,
+    /// After the early pass, print "paused" on stderr and wait this long before going on (so a
+    /// test can cut the daemon's link while faults are still to come).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 /// What a page must hold.
@@ -122,6 +126,10 @@ fn run(args: &Args) -> Result<()> {
     // The early pass goes backwards, so its faults land in the middle of lazy runs.
     let early: Vec<(u64, Expect)> = pages[..pages.len() / 4].iter().rev().copied().collect();
     let mut bad = verify(&chain, pm.id, &early, args.threads, ps)?;
+    if args.pause_ms > 0 {
+        eprintln!("paused");
+        std::thread::sleep(std::time::Duration::from_millis(args.pause_ms));
+    }
     client.finish().context("sending the finish marker")?;
     bad.extend(verify(&chain, pm.id, &pages[early.len()..], args.threads, ps)?);
     println!(

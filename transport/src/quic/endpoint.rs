@@ -150,11 +150,16 @@ pub fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, Tr
 /// [`LOOPBACK_MTU`] bytes when `peer` is on this host (fewer packets to seal, send and
 /// acknowledge per byte).
 pub fn client_transport(peer: SocketAddr, idle_timeout: Duration) -> Result<Arc<TransportConfig>, TransportError> {
+    Ok(Arc::new(client_transport_config(peer, idle_timeout)?))
+}
+
+/// [`client_transport`], not yet shared (for callers that change more).
+pub fn client_transport_config(peer: SocketAddr, idle_timeout: Duration) -> Result<TransportConfig, TransportError> {
     let mut t = transport_config(Side::Client, idle_timeout)?;
     if peer.ip().is_loopback() {
         t.initial_mtu(LOOPBACK_MTU).min_mtu(LOOPBACK_MTU).mtu_discovery_config(None);
     }
-    Ok(Arc::new(t))
+    Ok(t)
 }
 
 /// A shared transport config, ready for quinn.

@@ -1,0 +1,27 @@
+//! Lazy (post-copy) restore over QUIC: the destination's lazy-pages daemon pulls faulted pages
+//! from a source that pushes all the others in the background.
+//!
+//! * [`frame`]: the sans-IO codec.
+//! * [`server`]: [`LazyServer`] (`pagestream serve-lazy`), pages from an image directory.
+//! * [`client`]: [`RemotePageSource`], the engine's `PageSource` over QUIC (`pagestream
+//!   lazy-pages --from`), with reconnection.
+//!
+//! One QUIC connection per daemon (ALPN [`LAZY_ALPN`], mutual TLS): an *urgent* bidirectional
+//! stream at the highest priority carries the faults' Fetch requests and their answers; the
+//! source pushes every other lazy page on a unidirectional stream at low priority, restarting
+//! just after each faulted run (where the process is likely to touch next) and never sending a
+//! page twice in a session. The daemon keeps pushed pages in a bounded cache until its own push
+//! step installs them (back-pressure through QUIC flow control when full). The source keeps every
+//! page until the daemon says Done; a broken connection is resumed with the same session, the
+//! faulting threads simply waiting.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+
+pub use client::{RemoteConfig, RemotePageSource, RemoteStats};
+pub use frame::{LazyDecoder, LazyEncoder, LazyFrame, LazyFrameError};
+pub use server::{LazyServer, LazyServerReport};
+
+/// The ALPN protocol id of lazy-pages connections.
+pub const LAZY_ALPN: &[u8] = b"pagestream-lazy/1";
