@@ -44,10 +44,14 @@ pub struct RemoteConfig {
     pub idle_timeout: Duration,
     /// The most pushed bytes held before the daemon installs them.
     pub cache_bytes: usize,
+    /// The most push data in flight (the stream's flow-control window). A fault's answer queues
+    /// behind it, so it bounds fault latency by `push_window / bandwidth`; it also bounds the
+    /// push's throughput by `push_window / RTT`. Raise it for long fat links.
+    pub push_window: u32,
 }
 
 impl RemoteConfig {
-    /// 60 s resume timeout, 3 s idle timeout, 64 MiB cache.
+    /// 60 s resume timeout, 3 s idle timeout, 64 MiB cache, 1 MiB push window.
     pub fn new(security: Security, server_name: String) -> RemoteConfig {
         RemoteConfig {
             security,
@@ -55,6 +59,7 @@ impl RemoteConfig {
             resume_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(3),
             cache_bytes: 64 << 20,
+            push_window: 1 << 20,
         }
     }
 }
@@ -139,8 +144,11 @@ impl RemotePageSource {
             .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = client_transport_config(addr, cfg.idle_timeout)?;
-        // The source opens the push stream towards us.
+        // The source opens the push stream towards us; what it may have in flight is bounded so
+        // that a fault's answer does not queue behind much push data.
         transport.max_concurrent_uni_streams(VarInt::from_u32(1));
+        transport.stream_receive_window(VarInt::from_u32(cfg.push_window));
+        transport.receive_window(VarInt::from_u32(cfg.push_window.saturating_mul(2)));
         client.transport_config(Arc::new(transport));
         let rt = runtime("pagestream-lazy-dst", 1)?;
         let endpoint = {
@@ -332,8 +340,9 @@ async fn push_reader(mut recv: RecvStream, cache: Arc<Mutex<CacheInner>>, ps: u6
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 256 << 10];
     loop {
+        // Back-pressure: stop reading while the cache is full.
         while cache.lock().map(|c| c.bytes >= cache_bytes).unwrap_or(false) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_micros(200)).await;
         }
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
@@ -360,6 +369,7 @@ async fn push_reader(mut recv: RecvStream, cache: Arc<Mutex<CacheInner>>, ps: u6
                 Ok(None) => break,
             }
         }
+        tokio::task::yield_now().await;
     }
 }
 

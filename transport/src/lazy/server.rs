@@ -355,6 +355,8 @@ async fn push_loop(shared: Arc<Shared>, state: Arc<Mutex<SessionState>>, mut pus
         if let Ok(mut st) = state.lock() {
             st.report.pushed_pages += run.nr_pages;
         }
+        // Let the urgent stream's task (maybe on this worker) answer a fault first.
+        tokio::task::yield_now().await;
     }
     let _ = push.finish();
 }
