@@ -27,14 +27,18 @@ pub struct ServeLazyArgs {
     /// Send page data uncompressed (all-zero runs are elided either way).
     #[arg(long)]
     pub no_lz4: bool,
+    /// Serve faults only, no background push (a link too thin to share, or measuring faults).
+    #[arg(long)]
+    pub no_push: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
 
 /// Serves lazy restores until `--sessions` completed.
 pub fn run(args: &ServeLazyArgs) -> Result<()> {
-    let server = LazyServer::bind(args.listen, &args.tls.security()?, &args.images_dir, !args.no_lz4)
-        .with_context(|| format!("serving {} on {}", args.images_dir.display(), args.listen))?;
+    let server =
+        LazyServer::bind_with(args.listen, &args.tls.security()?, &args.images_dir, !args.no_lz4, !args.no_push)
+            .with_context(|| format!("serving {} on {}", args.images_dir.display(), args.listen))?;
     eprintln!(
         "pagestream serve-lazy: serving {} lazy pages of {} on {}",
         server.lazy_pages(),

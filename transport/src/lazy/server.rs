@@ -57,6 +57,7 @@ struct Shared {
     images: Mutex<ImageSource>,
     page_size: u64,
     lz4: bool,
+    push: bool,
     /// The lazy pages of each pagemap, in a fixed order.
     plan: Vec<(PagemapId, PageRunSet)>,
     lazy_pages: u64,
@@ -76,6 +77,18 @@ pub struct LazyServer {
 impl LazyServer {
     /// Serves the lazy pages of image directory `dir` on `listen` (UDP).
     pub fn bind(listen: SocketAddr, security: &Security, dir: &Path, lz4: bool) -> Result<LazyServer, TransportError> {
+        LazyServer::bind_with(listen, security, dir, lz4, true)
+    }
+
+    /// [`bind`](Self::bind); `push: false` serves faults only (no background push: for links
+    /// too thin to share, or to measure the fault path alone).
+    pub fn bind_with(
+        listen: SocketAddr,
+        security: &Security,
+        dir: &Path,
+        lz4: bool,
+        push: bool,
+    ) -> Result<LazyServer, TransportError> {
         let ps = pagestream_engine::page_size();
         let images = ImageSource::open(dir, None, ps)
             .map_err(|e| TransportError::Config(format!("images in {}: {e}", dir.display())))?;
@@ -111,6 +124,7 @@ impl LazyServer {
             images: Mutex::new(images),
             page_size: ps,
             lz4,
+            push,
             plan,
             lazy_pages,
             sessions: Mutex::new(HashMap::new()),
@@ -228,8 +242,12 @@ async fn connection(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Opt
     let mut out = BytesMut::new();
     enc.encode(&LazyFrame::Welcome { session, lazy_pages: shared.lazy_pages }, &mut out).map_err(|e| e.to_string())?;
     write(&mut send, &out).await?;
-    let push = conn.open_uni().await.map_err(|e| e.to_string())?;
-    let push_task = tokio::spawn(push_loop(shared.clone(), state.clone(), push));
+    let push_task = if shared.push {
+        let push = conn.open_uni().await.map_err(|e| e.to_string())?;
+        tokio::spawn(push_loop(shared.clone(), state.clone(), push))
+    } else {
+        tokio::spawn(std::future::ready(()))
+    };
     let result = loop {
         match next_frame(&mut recv, &mut dec, &mut buf).await {
             Ok(Some(LazyFrame::Fetch { req, id, run })) => {
