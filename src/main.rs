@@ -64,7 +64,8 @@ enum Command {
     /// Receive `criu dump/pre-dump --page-server` sessions into DIR/1, DIR/2, ... (a pre-dump
     /// chain with `parent` links and a `last` link), as a drop-in `criu page-server`.
     PageServer(page_server_cmd::PageServerArgs),
-    /// Serve a lazy (post-copy) restore from a local image directory, as `criu lazy-pages -D DIR`.
+    /// Serve a lazy (post-copy) restore, as `criu lazy-pages -D DIR`: from the local images, or
+    /// with --from from `pagestream serve-lazy` on the source over QUIC.
     LazyPages(lazy_pages_cmd::LazyPagesArgs),
     /// Serve the lazy pages of an image directory over QUIC to `pagestream lazy-pages --from` on
     /// the destination (the source side of a post-copy restore).
