@@ -111,7 +111,7 @@ fn restore_once(
     let started = Instant::now();
     let (stats, out) = std::thread::scope(|s| -> Result<_> {
         let daemon = s.spawn(|| {
-            let mut ranges_of = |pid: i32| Ok(lazy_ranges_of(&plan, pid));
+            let mut ranges_of = |pid: i32| lazy_ranges_of(&plan, pid);
             lazy::serve(&listener, source, &mut ranges_of)
         });
         let out = Command::new(restorer)

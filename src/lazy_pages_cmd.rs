@@ -78,7 +78,7 @@ pub fn run(args: &LazyPagesArgs) -> Result<()> {
     // which the daemon borrows mutably).
     let plan = ImageDir::open(&args.images_dir, ps)
         .with_context(|| format!("reading the pagemaps in {}", args.images_dir.display()))?;
-    let mut ranges_of = |pid: i32| Ok(lazy_ranges_of(&plan, pid));
+    let mut ranges_of = |pid: i32| lazy_ranges_of(&plan, pid);
     let stats = lazy::serve(&listener, source, &mut ranges_of).context("lazy restore failed")?;
     let s = stats.summary();
     let remote = remote.map(RemotePageSource::finish);

@@ -8,6 +8,8 @@
 //! * `ps_dump_restore`: `criu dump --page-server` to `pagestream page-server`, restored.
 //! * `ps_relay_dump_restore`: the same relayed over QUIC (`page-server --to` → `receive
 //!   --criu-sessions`).
+//! * `ps_lazy_quic`: `criu restore --lazy-pages` with `pagestream lazy-pages --from` as the
+//!   daemon and `pagestream serve-lazy` as the source (QUIC).
 //!
 //! And the other direction: `pagestream send --criu-page-server` dumps a paused workload into a
 //! real `criu page-server -D DIR` (stop-and-copy, one session); the pages CRIU wrote equal the
@@ -131,6 +133,14 @@ fn criu_411_dump_to_pagestream_page_server_restores() {
 fn criu_411_dump_relayed_over_quic_restores() {
     let Some(text) = scenario("ps_relay_dump_restore", 240) else { return };
     assert!(line(&text, "session relayed from ").contains("committed as session 1"), "{text}");
+    assert_restored_alive(&text);
+}
+
+#[test]
+fn criu_411_lazy_restore_with_pagestream_on_both_ends() {
+    let Some(text) = scenario("ps_lazy_quic", 240) else { return };
+    assert!(line(&text, "lazy summary ").contains("\"pages_dropped\":0"), "{text}");
+    line(&text, "session 1 complete: ");
     assert_restored_alive(&text);
 }
 

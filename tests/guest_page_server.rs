@@ -10,6 +10,9 @@
 //! ends with the complete, marked directory, `criu restore -D` of it works with nothing copied by
 //! hand, an unmarked directory is refused, and a failed dump commits nothing.
 //!
+//! And a lazy restore with pagestream on both ends: `criu restore --lazy-pages` with `pagestream
+//! lazy-pages --from` as the daemon, pages served by `pagestream serve-lazy` over QUIC.
+//!
 //! The scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh` and
 //! `plugin_dump_restore.sh`.
 
@@ -30,6 +33,7 @@ const SCENARIOS: &[(&str, &str, u64)] = &[
     ("ps_relay_dump_restore", include_str!("vm/scenarios/ps_relay_dump_restore.sh"), 150),
     ("ps_relay_predump_chain", include_str!("vm/scenarios/ps_relay_predump_chain.sh"), 300),
     ("plugin_dump_restore", include_str!("vm/scenarios/plugin_dump_restore.sh"), 200),
+    ("ps_lazy_quic", include_str!("vm/scenarios/ps_lazy_quic.sh"), 200),
 ];
 
 static BOOT: SharedBoot = SharedBoot {
@@ -177,4 +181,20 @@ fn one_criu_dump_with_the_plugin_leaves_a_restorable_directory_at_the_destinatio
     assert_restored_alive(out);
     guest::note(&format!("guest: criu dump with the pagestream plugin: {}", line(out, "dump took ")));
     guest::report_pass("one_criu_dump_with_the_plugin_leaves_a_restorable_directory_at_the_destination", out);
+}
+
+#[test]
+fn criu_lazy_restore_with_pagestream_on_both_ends_over_quic() {
+    let Some(out) = scenario("ps_lazy_quic") else { return };
+    assert!(num(line(out, "lazy entries="), "entries") > 0, "{}", out.output);
+    let summary = line(out, "lazy summary ");
+    let json: serde_json::Value = serde_json::from_str(summary.trim_start_matches("lazy summary ")).unwrap();
+    let lazy = json["lazy_pages"].as_u64().unwrap();
+    assert!(lazy * 4096 >= WORKLOAD_BYTES, "{summary}");
+    assert_eq!(json["pages_faulted"].as_u64().unwrap() + json["pages_pushed"].as_u64().unwrap(), lazy, "{summary}");
+    assert_eq!(json["remote"]["source_lazy_pages"].as_u64(), Some(lazy), "{summary}");
+    line(out, "session 1 complete: ");
+    assert_restored_alive(out);
+    guest::note(&format!("guest: lazy restore over QUIC: {}", line(out, "restore returned after ")));
+    guest::report_pass("criu_lazy_restore_with_pagestream_on_both_ends_over_quic", out);
 }

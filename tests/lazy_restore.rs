@@ -81,7 +81,7 @@ fn engine_serve_in_process() {
         let ps = page_size();
         let mut source = ImageSource::open(&images2, None, ps).expect("source");
         let plan = pagestream_engine::criu::ImageDir::open(&images2, ps).expect("plan");
-        let mut ranges_of = |pid: i32| Ok(lazy::source::lazy_ranges_of(&plan, pid));
+        let mut ranges_of = |pid: i32| lazy::source::lazy_ranges_of(&plan, pid);
         lazy::serve(&listener, &mut source, &mut ranges_of)
     });
     let r = wait_with_timeout(restorer(&images, &work, &["--threads", "2"]), Duration::from_secs(120));

@@ -3,6 +3,7 @@
 //! * [`magic`]: file magics and image file names.
 //! * [`proto`]: the protobuf records (`prost` derive, no `protoc` at build time).
 //! * [`record`]: the `[magic][magic]([u32 len][protobuf])*` framing with offsets for errors.
+//! * [`mm`]: the VMA bounds of `mm-<pid>.img` (lazy restore splits batches at them).
 //! * [`pagemap`]: `pagemap-<id>.img` / `pagemap-shmem-<id>.img` parsed and validated.
 //! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
 //! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod flags;
 pub mod image_dir;
 pub mod magic;
+pub mod mm;
 pub mod pagemap;
 pub mod proto;
 pub mod record;

@@ -65,10 +65,10 @@ impl ImageSource {
     }
 
     /// The lazy pages of task `pid` in the newest directory (see [`lazy_ranges_of`]).
-    pub fn lazy_ranges(&self, pid: i32) -> (PagemapId, LazyRanges) {
+    pub fn lazy_ranges(&self, pid: i32) -> Result<(PagemapId, LazyRanges), SourceError> {
         match self.dir() {
             Some(d) => lazy_ranges_of(d, pid),
-            None => (PagemapId::Task(u64::from(pid.unsigned_abs())), LazyRanges::new(self.page_size)),
+            None => Ok((PagemapId::Task(u64::from(pid.unsigned_abs())), LazyRanges::new(self.page_size))),
         }
     }
 
@@ -111,18 +111,29 @@ impl ImageSource {
     }
 }
 
-/// The lazy pages of task `pid` in `dir`: every `PE_LAZY` entry of its pagemap (none when it has
-/// no pagemap), at their dump-time addresses.
-pub fn lazy_ranges_of(dir: &ImageDir, pid: i32) -> (PagemapId, LazyRanges) {
-    let id = PagemapId::Task(u64::from(pid.unsigned_abs()));
+/// The lazy pages of task `pid` in `dir`: its pagemap's `PE_LAZY` entries, split at the VMA
+/// boundaries of `mm-<pid>.img` when the directory has one (CRIU's entries can run across VMAs;
+/// userfaultfd fills one VMA at a time, so no batch may cross a boundary). Zombies (`-pid`)
+/// have none.
+pub fn lazy_ranges_of(dir: &ImageDir, pid: i32) -> Result<(PagemapId, LazyRanges), SourceError> {
+    let task = u64::from(pid.unsigned_abs());
+    let id = PagemapId::Task(task);
     let ps = dir.page_size();
     let mut ranges = LazyRanges::new(ps);
-    if let Some(pm) = dir.pagemap(id) {
-        for e in pm.pagemap.entries.iter().filter(|e| e.flags.is_lazy()) {
-            ranges.insert(e.vaddr, e.vaddr + e.nr_pages * ps, e.vaddr);
+    let Some(pm) = dir.pagemap(id) else { return Ok((id, ranges)) };
+    let vmas = crate::criu::mm::read_vmas(dir.path(), task)?.unwrap_or_default();
+    for e in pm.pagemap.entries.iter().filter(|e| e.flags.is_lazy()) {
+        let (start, end) = (e.vaddr, e.vaddr + e.nr_pages * ps);
+        let mut at = start;
+        for &(_, vma_end) in vmas.iter().filter(|(s, t)| *s < end && *t > start) {
+            if vma_end > at && vma_end < end {
+                ranges.insert(at, vma_end, at);
+                at = vma_end;
+            }
         }
+        ranges.insert(at, end, at);
     }
-    (id, ranges)
+    Ok((id, ranges))
 }
 
 impl PageSource for ImageSource {
@@ -190,9 +201,39 @@ mod tests {
         assert!(err.to_string().contains("lazy without data"), "{err}");
         let err = src.read_run(id, run, &mut out[..ps as usize], &mut zero).unwrap_err();
         assert!(matches!(err, SourceError::BadBuffer { .. }));
-        let (pm, lazy) = src.lazy_ranges(7);
+        let (pm, lazy) = src.lazy_ranges(7).unwrap();
         assert_eq!(pm, id);
         assert_eq!(lazy.len_pages(), 3);
-        assert_eq!(src.lazy_ranges(8).1.len_pages(), 0);
+        assert_eq!(src.lazy_ranges(8).unwrap().1.len_pages(), 0);
+    }
+}
+
+#[cfg(test)]
+mod vma_split_tests {
+    use super::*;
+    use crate::criu::mm::{MmEntryPb, VmaEntryPb, MM_MAGIC};
+    use crate::criu::record::{write_magics, write_message};
+    use crate::criu::{ImageDirWriter, PageFlags};
+
+    #[test]
+    fn lazy_entries_are_split_at_vma_boundaries() {
+        let ps = crate::page_size();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("1");
+        let mut w = ImageDirWriter::create(&dir, ps, 1).unwrap();
+        // One entry of 8 pages across three VMAs: [0, 2) [2, 7) [7, 10) pages from 0x100000.
+        let base = 0x10_0000;
+        w.open_pagemap(PagemapId::Task(5)).unwrap().push_present(base, &vec![1u8; 8 * ps as usize], PageFlags::LAZY).unwrap();
+        let mut mm = Vec::new();
+        write_magics(&mut mm, MM_MAGIC);
+        let vma = |a: u64, b: u64| VmaEntryPb { start: Some(base + a * ps), end: Some(base + b * ps) };
+        write_message(&mut mm, &MmEntryPb { vmas: vec![vma(0, 2), vma(2, 7), vma(7, 10)] });
+        w.add_file("mm-5.img", &mm).unwrap();
+        w.commit().unwrap();
+        let d = ImageDir::open(&dir, ps).unwrap();
+        let (_, lazy) = lazy_ranges_of(&d, 5).unwrap();
+        let pieces: Vec<(u64, u64)> = lazy.iter().map(|e| ((e.start - base) / ps, (e.end - base) / ps)).collect();
+        assert_eq!(pieces, [(0, 2), (2, 7), (7, 8)]);
+        assert_eq!(lazy.len_pages(), 8);
     }
 }
