@@ -1,12 +1,18 @@
 //! `pagestream serve-lazy --listen ADDR --images-dir DIR`: the source side of a lazy restore over
 //! QUIC. It serves the lazy pages of DIR (its `PE_LAZY` entries; data from DIR and its parents) to
 //! `pagestream lazy-pages --from` on the destination: faulted runs at once on the urgent stream,
-//! everything else pushed in the background, sessions resumable after a broken link.
+//! everything else pushed in the background, sessions resumable after a broken link. With
+//! `--criu-page-server` the data comes from `criu dump --lazy-pages` (its lazy page server, by
+//! PS_IOV_GET) instead of DIR, whose pagemaps still say which pages are lazy; when the restore is
+//! complete it sends CRIU the CLOSE that ends that dump.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use pagestream_engine::lazy::PageSource;
+use pagestream_transport::criu_ps::lazy_client::CriuLazySource;
+use pagestream_transport::criu_ps::HeaderLayout;
 use pagestream_transport::lazy::LazyServer;
 
 use crate::tls_args::TlsArgs;
@@ -30,15 +36,39 @@ pub struct ServeLazyArgs {
     /// Serve faults only, no background push (a link too thin to share, or measuring faults).
     #[arg(long)]
     pub no_push: bool,
+    /// Fetch the pages from `criu dump --lazy-pages --address A --port P` at A:P (the dump's
+    /// directory is DIR).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub criu_page_server: Option<SocketAddr>,
+    /// With --criu-page-server: CRIU's header size, 24 (CRIU <= 4.1.1) or 32 (CRIU >= 4.2).
+    #[arg(long, default_value = "24", requires = "criu_page_server")]
+    pub criu_header: u8,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
 
 /// Serves lazy restores until `--sessions` completed.
 pub fn run(args: &ServeLazyArgs) -> Result<()> {
-    let server =
-        LazyServer::bind_with(args.listen, &args.tls.security()?, &args.images_dir, !args.no_lz4, !args.no_push)
-            .with_context(|| format!("serving {} on {}", args.images_dir.display(), args.listen))?;
+    let data: Option<Box<dyn PageSource + Send>> = match args.criu_page_server {
+        Some(addr) => {
+            let layout = match args.criu_header {
+                24 => HeaderLayout::Legacy24,
+                32 => HeaderLayout::Wide32,
+                n => bail!("--criu-header {n}: expected 24 or 32"),
+            };
+            Some(Box::new(CriuLazySource::connect(addr, layout, pagestream_engine::page_size())?))
+        }
+        None => None,
+    };
+    let server = LazyServer::bind_source(
+        args.listen,
+        &args.tls.security()?,
+        &args.images_dir,
+        data,
+        !args.no_lz4,
+        !args.no_push,
+    )
+    .with_context(|| format!("serving {} on {}", args.images_dir.display(), args.listen))?;
     eprintln!(
         "pagestream serve-lazy: serving {} lazy pages of {} on {}",
         server.lazy_pages(),

@@ -223,7 +223,10 @@ mod vma_split_tests {
         let mut w = ImageDirWriter::create(&dir, ps, 1).unwrap();
         // One entry of 8 pages across three VMAs: [0, 2) [2, 7) [7, 10) pages from 0x100000.
         let base = 0x10_0000;
-        w.open_pagemap(PagemapId::Task(5)).unwrap().push_present(base, &vec![1u8; 8 * ps as usize], PageFlags::LAZY).unwrap();
+        w.open_pagemap(PagemapId::Task(5))
+            .unwrap()
+            .push_present(base, &vec![1u8; 8 * ps as usize], PageFlags::LAZY)
+            .unwrap();
         let mut mm = Vec::new();
         write_magics(&mut mm, MM_MAGIC);
         let vma = |a: u64, b: u64| VmaEntryPb { start: Some(base + a * ps), end: Some(base + b * ps) };

@@ -17,6 +17,7 @@
 //! * [`error`] — [`ProtocolError`].
 //! * [`session`] — [`session::PageServerSession`], one dump session driving a
 //!   [`session_target::SessionTarget`] (locally: a numbered image directory).
+//! * [`lazy_client`] — [`lazy_client::CriuLazySource`], pages of `criu dump --lazy-pages` by GET.
 //! * [`tcp_server`] — a blocking TCP page server that CRIU's `--page-server` can dump to.
 //!
 //! **Byte order:** everything is native-endian, as CRIU sends raw structs; both peers must have
@@ -30,6 +31,7 @@ pub mod client_sink;
 pub mod command;
 pub mod error;
 pub mod header;
+pub mod lazy_client;
 pub mod reply;
 pub mod server_decoder;
 pub mod session;

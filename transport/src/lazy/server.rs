@@ -54,7 +54,7 @@ struct SessionState {
 }
 
 struct Shared {
-    images: Mutex<ImageSource>,
+    images: Mutex<Box<dyn PageSource + Send>>,
     page_size: u64,
     lz4: bool,
     push: bool,
@@ -89,6 +89,19 @@ impl LazyServer {
         lz4: bool,
         push: bool,
     ) -> Result<LazyServer, TransportError> {
+        LazyServer::bind_source(listen, security, dir, None, lz4, push)
+    }
+
+    /// As [`bind_with`](Self::bind_with), with the pages' data from `data` instead of `dir`
+    /// (e.g. CRIU's lazy page server); `dir`'s pagemaps still say which pages are lazy.
+    pub fn bind_source(
+        listen: SocketAddr,
+        security: &Security,
+        dir: &Path,
+        data: Option<Box<dyn PageSource + Send>>,
+        lz4: bool,
+        push: bool,
+    ) -> Result<LazyServer, TransportError> {
         let ps = pagestream_engine::page_size();
         let images = ImageSource::open(dir, None, ps)
             .map_err(|e| TransportError::Config(format!("images in {}: {e}", dir.display())))?;
@@ -120,8 +133,12 @@ impl LazyServer {
         };
         let local_addr =
             endpoint.local_addr().map_err(|e| TransportError::io(format!("address of the endpoint on {listen}"), e))?;
+        let data: Box<dyn PageSource + Send> = match data {
+            Some(source) => source,
+            None => Box::new(images),
+        };
         let shared = Arc::new(Shared {
-            images: Mutex::new(images),
+            images: Mutex::new(data),
             page_size: ps,
             lz4,
             push,
