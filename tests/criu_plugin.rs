@@ -161,6 +161,43 @@ fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// A loader, certificates and a running destination in a scratch directory.
+struct Rig {
+    tmp: tempfile::TempDir,
+    loader: PathBuf,
+    certs: PathBuf,
+    root: PathBuf,
+    dest: Child,
+    dest_addr: SocketAddr,
+}
+
+impl Rig {
+    /// `None` when the loader cannot be built here (skipped).
+    fn new(sessions: u32) -> Option<Rig> {
+        let tmp = tempfile::tempdir().unwrap();
+        let loader = loader(tmp.path())?;
+        let certs_dir = tmp.path().join("certs");
+        certs(&certs_dir);
+        let root = tmp.path().join("dest");
+        let (dest, dest_addr) = destination(&root, &certs_dir, sessions);
+        Some(Rig { loader, certs: certs_dir, root, dest, dest_addr, tmp })
+    }
+
+    /// Loads the plugin for `stage` over a new images directory `name`, configured for this
+    /// destination; returns it once `init` succeeded, with CRIU's page-server address.
+    fn start(&self, stage: u32, name: &str, env: &[(&'static str, String)]) -> (Loaded, SocketAddr, PathBuf) {
+        let images = self.tmp.path().join(name);
+        fs::create_dir(&images).unwrap();
+        let listen = free_port();
+        let mut vars = plugin_env(self.dest_addr, listen, &self.certs);
+        vars.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+        vars.extend(env.iter().cloned());
+        let mut l = Loaded::start(&self.loader, stage, &images, &vars);
+        l.expect("init=0");
+        (l, listen, images)
+    }
+}
+
 /// Plays CRIU's page-server session: 4 pages of data at HEAP, then CLOSE.
 fn criu_session(listen: SocketAddr, seed: u8) -> i32 {
     let mut c = Client::connect(listen, HeaderLayout::Legacy24);
@@ -210,29 +247,16 @@ fn the_descriptor_passes_criu_317s_checks_and_misconfiguration_fails_init() {
 
 #[test]
 fn a_pre_dump_then_a_dump_arrive_whole_and_only_a_marked_directory_restores() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(loader) = loader(tmp.path()) else { return };
-    let certs_dir = tmp.path().join("certs");
-    certs(&certs_dir);
-    let root = tmp.path().join("dest");
-    let (dest, dest_addr) = destination(&root, &certs_dir, 2);
-
-    let pre = tmp.path().join("pre");
-    fs::create_dir(&pre).unwrap();
-    let listen = free_port();
-    let mut l = Loaded::start(&loader, PRE_DUMP, &pre, &plugin_env(dest_addr, listen, &certs_dir));
-    l.expect("init=0");
+    let Some(rig) = Rig::new(2) else { return };
+    let root = rig.root.clone();
+    let (mut l, listen, _) = rig.start(PRE_DUMP, "pre", &[]);
     assert_eq!(criu_session(listen, 7), 0);
     l.expect("pre-dump: no exit");
     let (status, _) = l.wait();
     assert!(status.success());
     assert!(root.join("1/pagemap-100.img").exists(), "the pre-dump was committed on CLOSE");
 
-    let images = tmp.path().join("dump");
-    fs::create_dir(&images).unwrap();
-    let listen = free_port();
-    let mut l = Loaded::start(&loader, DUMP, &images, &plugin_env(dest_addr, listen, &certs_dir));
-    l.expect("init=0");
+    let (mut l, listen, images) = rig.start(DUMP, "dump", &[]);
     let files = write_images(&images);
     assert_eq!(criu_session(listen, 9), 0);
     assert!(!root.join("2").exists(), "nothing is committed before exit");
@@ -242,7 +266,7 @@ fn a_pre_dump_then_a_dump_arrive_whole_and_only_a_marked_directory_restores() {
     l.expect("unloaded");
     let (status, _) = l.wait();
     assert!(status.success());
-    let out = dest.wait_with_output().unwrap();
+    let out = rig.dest.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
     let two = root.join("2");
@@ -259,82 +283,55 @@ fn a_pre_dump_then_a_dump_arrive_whole_and_only_a_marked_directory_restores() {
     let id = pagestream_transport::criu_ps::session::pagemap_id(A);
     assert_eq!(chain.page_at(id, HEAP).unwrap(), PageLookup::Data(pattern(9, 4)[..ps() as usize].to_vec()));
 
-    let mut l = Loaded::start(&loader, RESTORE, &root.join("last"), &[]);
+    let mut l = Loaded::start(&rig.loader, RESTORE, &root.join("last"), &[]);
     l.expect("restoring session 2 committed by pagestream (3 image files)");
     l.expect("init=0");
     l.say("exit 0");
     assert!(l.wait().0.success());
-    let (status, lines) = Loaded::start(&loader, RESTORE, &root.join("1"), &[]).wait();
+    let (status, lines) = Loaded::start(&rig.loader, RESTORE, &root.join("1"), &[]).wait();
     assert_eq!(status.code(), Some(5), "the pre-dump alone is not a complete dump: {lines:#?}");
     assert!(lines.iter().any(|l| l.contains("refusing to restore from") && l.contains("did not commit")), "{lines:#?}");
 }
 
 #[test]
 fn a_failed_dump_commits_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(loader) = loader(tmp.path()) else { return };
-    let certs_dir = tmp.path().join("certs");
-    certs(&certs_dir);
-    let root = tmp.path().join("dest");
-    let (dest, dest_addr) = destination(&root, &certs_dir, 1);
-    let images = tmp.path().join("dump");
-    fs::create_dir(&images).unwrap();
-    let listen = free_port();
-    let mut l = Loaded::start(&loader, DUMP, &images, &plugin_env(dest_addr, listen, &certs_dir));
-    l.expect("init=0");
+    let Some(rig) = Rig::new(1) else { return };
+    let (mut l, listen, images) = rig.start(DUMP, "dump", &[]);
     write_images(&images);
     assert_eq!(criu_session(listen, 3), 0, "CRIU fails after its CLOSE");
     l.say("exit 1");
     l.expect("the dump failed; the destination keeps nothing");
     l.expect("unloaded");
     assert!(l.wait().0.success());
-    let out = dest.wait_with_output().unwrap();
+    let root = rig.root.clone();
+    let out = rig.dest.wait_with_output().unwrap();
     assert!(!out.status.success(), "the destination reports the failed session");
     assert!(!root.join("1").exists() && !root.join("last").exists());
 }
 
 #[test]
 fn a_destination_lost_before_the_commit_makes_the_plugin_end_criu_first() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(loader) = loader(tmp.path()) else { return };
-    let certs_dir = tmp.path().join("certs");
-    certs(&certs_dir);
-    let root = tmp.path().join("dest");
-    let (mut dest, dest_addr) = destination(&root, &certs_dir, 1);
-    let images = tmp.path().join("dump");
-    fs::create_dir(&images).unwrap();
-    let listen = free_port();
-    let mut env = plugin_env(dest_addr, listen, &certs_dir);
-    env.retain(|(k, _)| *k != "PAGESTREAM_COMMIT_TIMEOUT");
-    env.push(("PAGESTREAM_COMMIT_TIMEOUT", "30".into()));
-    let mut l = Loaded::start(&loader, DUMP, &images, &env);
-    l.expect("init=0");
+    let Some(mut rig) = Rig::new(1) else { return };
+    let (mut l, listen, images) = rig.start(DUMP, "dump", &[("PAGESTREAM_COMMIT_TIMEOUT", "30".into())]);
     write_images(&images);
     assert_eq!(criu_session(listen, 4), 0);
-    dest.kill().unwrap();
-    dest.wait().unwrap();
+    rig.dest.kill().unwrap();
+    rig.dest.wait().unwrap();
     l.say("exit 0");
     l.expect("the destination did not commit the dump");
     let (status, lines) = l.wait();
     assert_eq!(status.code(), Some(1), "CRIU is ended inside exit: {lines:#?}");
     assert!(!lines.iter().any(|l| l == "exited"), "exit never returned to CRIU: {lines:#?}");
-    assert!(!root.join("1").exists());
+    assert!(!rig.root.join("1").exists());
 }
 
 #[test]
 fn a_successful_dump_that_bypassed_the_plugin_ends_criu_too() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(loader) = loader(tmp.path()) else { return };
-    let certs_dir = tmp.path().join("certs");
-    certs(&certs_dir);
-    let root = tmp.path().join("dest");
-    let (mut dest, dest_addr) = destination(&root, &certs_dir, 1);
-    let listen = free_port();
-    let mut l = Loaded::start(&loader, DUMP, tmp.path(), &plugin_env(dest_addr, listen, &certs_dir));
-    l.expect("init=0");
+    let Some(mut rig) = Rig::new(1) else { return };
+    let (mut l, _listen, _) = rig.start(DUMP, "dump", &[]);
     l.say("exit 0");
     l.expect("CRIU never connected");
     assert_eq!(l.wait().0.code(), Some(1));
-    let _ = dest.kill();
-    let _ = dest.wait();
+    let _ = rig.dest.kill();
+    let _ = rig.dest.wait();
 }
