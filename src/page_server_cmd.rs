@@ -183,6 +183,16 @@ fn print_report(report: &SessionReport, root: &Path) {
     let number = report.number.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
     let secs = report.elapsed.as_secs_f64();
     match &report.result {
+        Ok(s) if s.lazy.is_some() => {
+            let l = s.lazy.unwrap_or_default();
+            println!(
+                "lazy-pages client{peer} served from {}: {} GETs, {} pages ({:.1} MiB) in {secs:.2} s; nothing written",
+                s.committed.path.display(),
+                l.gets,
+                l.pages,
+                (l.pages * pagestream_engine::page_size()) as f64 / f64::from(1 << 20)
+            );
+        }
         Ok(s) => {
             let st = &s.stats;
             println!(

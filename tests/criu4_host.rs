@@ -10,6 +10,8 @@
 //!   --criu-sessions`).
 //! * `ps_lazy_quic`: `criu restore --lazy-pages` with `pagestream lazy-pages --from` as the
 //!   daemon and `pagestream serve-lazy` as the source (QUIC).
+//! * `ps_lazy_criu_daemon`: CRIU's own `criu lazy-pages --page-server` fetching a dump's pages
+//!   from `pagestream page-server` with PS_IOV_GET.
 //!
 //! And the other direction: `pagestream send --criu-page-server` dumps a paused workload into a
 //! real `criu page-server -D DIR` (stop-and-copy, one session); the pages CRIU wrote equal the
@@ -141,6 +143,13 @@ fn criu_411_lazy_restore_with_pagestream_on_both_ends() {
     let Some(text) = scenario("ps_lazy_quic", 240) else { return };
     assert!(line(&text, "lazy summary ").contains("\"pages_dropped\":0"), "{text}");
     line(&text, "session 1 complete: ");
+    assert_restored_alive(&text);
+}
+
+#[test]
+fn criu_411_lazy_pages_daemon_fetches_from_pagestream_page_server() {
+    let Some(text) = scenario("ps_lazy_criu_daemon", 240) else { return };
+    assert!(line(&text, "lazy-pages client from ").contains("nothing written"), "{text}");
     assert_restored_alive(&text);
 }
 

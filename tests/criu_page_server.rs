@@ -1,6 +1,8 @@
 //! pagestream's page server over real TCP loopback, driven by a CRIU-like client built from the
 //! codec: a two-session pre-dump chain (`DIR/1`, `DIR/2 -> parent ../1`, `DIR/last -> 2`) that
 //! `ImageChain` verifies and resolves page by page, in both header layouts, fixed and detected.
+//! Then a lazy-pages client's GET session on the same server: the pages of `DIR/last`, through
+//! its parent, answered in order and in full, nothing written.
 
 mod criu_page_server_client;
 
@@ -115,7 +117,7 @@ fn check_chain(root: &Path, d: &Data) {
 fn chain_through_server(server_layout: LayoutChoice, client_layout: HeaderLayout) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("images");
-    let server = Server::start(&root, server_layout, 2);
+    let server = Server::start(&root, server_layout, 3);
     let d = data();
 
     first_session(server.addr, client_layout, &d);
@@ -133,8 +135,21 @@ fn chain_through_server(server_layout: LayoutChoice, client_layout: HeaderLayout
     assert_eq!(s2.committed.number, 2);
     assert_eq!((s2.stats.has_parent_true, s2.stats.has_parent_false), (4, 1));
     assert_eq!((s2.stats.present_pages, s2.stats.parent_pages), (4, 9));
+
+    // `criu lazy-pages --page-server`: GETs of session 2's lazy pages (one from its own data,
+    // the others through its parent), then CLOSE.
+    let mut c = Client::connect(server.addr, client_layout);
+    let pages = c.get(100, HEAP, 3);
+    assert_eq!(pages, [page(&d.heap, 0), d.heap2.clone(), page(&d.heap, 2)].concat());
+    assert_eq!(c.get(100, HEAP + ps(), 1), d.heap2, "a page can be asked for again");
+    assert_eq!(c.close(false), 0);
+    let served = server.next().1.unwrap_or_else(|e| panic!("GET session failed: {e}"));
+    assert_eq!(served.committed.number, 2, "served from last");
+    assert_eq!(served.lazy.map(|l| (l.gets, l.pages)), Some((2, 4)));
+
     let totals = server.join();
-    assert_eq!((totals.committed, totals.failed), (2, 0));
+    assert_eq!((totals.committed, totals.failed), (3, 0));
+    assert_eq!(names(&root), ["1", "2", "last"], "a GET session writes nothing");
     check_chain(&root, &d);
 }
 

@@ -132,9 +132,12 @@ fn cases() -> Vec<Case> {
             "is below the previous entry's end 0x7f0000006000 (unsorted or overlapping)",
         ),
         case(
-            "lazy GET",
-            |c, _| c.send(PsCommand::Get { pid: 100, vaddr: HEAP, nr_pages: 1 }, &[]),
-            "does not serve lazy pages",
+            "lazy GET inside a dump",
+            |c, _| {
+                c.open2(A);
+                c.send(PsCommand::Get { pid: 100, vaddr: HEAP, nr_pages: 1 }, &[]);
+            },
+            "a dump session does not serve lazy pages",
         ),
         case(
             "EOF before CLOSE",
@@ -171,7 +174,8 @@ fn bad_sessions_between_good_ones(server_layout: LayoutChoice, layout: HeaderLay
         let leftover = c.hang_up();
         assert!(leftover.is_empty(), "{}: the server answered {leftover:?} to a failed session", case.name);
         let (number, outcome) = server.next();
-        assert_eq!(number, Some(2), "{}", case.name);
+        // A session that fails before its first command is complete has no number yet.
+        assert!(number.is_none_or(|n| n == 2), "{}: {number:?}", case.name);
         let err = outcome.err().unwrap_or_else(|| panic!("{}: the session was committed", case.name));
         assert!(err.contains(case.want), "{} ({layout:?}): error {err:?} does not say {:?}", case.name, case.want);
         assert_nothing_committed(&root, case.name);

@@ -14,7 +14,8 @@
 //! lazy-pages --from` as the daemon, pages served by `pagestream serve-lazy` over QUIC, from a
 //! plain dump's images and from `criu dump --lazy-pages` (fetched from CRIU's lazy page server
 //! with PS_IOV_GET; CRIU 4.1.1's lazy page server fails on this host's kernel, so this one runs in
-//! the guest only).
+//! the guest only); and CRIU's own `criu lazy-pages --page-server` fetching the pages of a dump
+//! from `pagestream page-server` with PS_IOV_GET.
 //!
 //! The scenarios share one guest boot; their scripts are `tests/vm/scenarios/ps_*.sh` and
 //! `plugin_dump_restore.sh`.
@@ -38,6 +39,7 @@ const SCENARIOS: &[(&str, &str, u64)] = &[
     ("plugin_dump_restore", include_str!("vm/scenarios/plugin_dump_restore.sh"), 200),
     ("ps_lazy_quic", include_str!("vm/scenarios/ps_lazy_quic.sh"), 200),
     ("ps_lazy_criu_source", include_str!("vm/scenarios/ps_lazy_criu_source.sh"), 240),
+    ("ps_lazy_criu_daemon", include_str!("vm/scenarios/ps_lazy_criu_daemon.sh"), 200),
 ];
 
 static BOOT: SharedBoot = SharedBoot {
@@ -218,4 +220,15 @@ fn criu_dump_lazy_pages_served_through_pagestream_over_quic() {
     line(out, "lazy migration complete");
     assert_restored_alive(out);
     guest::report_pass("criu_dump_lazy_pages_served_through_pagestream_over_quic", out);
+}
+
+#[test]
+fn criu_lazy_pages_daemon_fetches_from_pagestream_page_server() {
+    let Some(out) = scenario("ps_lazy_criu_daemon") else { return };
+    assert!(num(line(out, "lazy entries="), "entries") > 0, "{}", out.output);
+    let served = line(out, "lazy-pages client from 127.0.0.1:");
+    assert!(served.contains("served from ps/1:") && served.contains("nothing written"), "{served}");
+    assert!(count_before(served, " pages (") * 4096 >= WORKLOAD_BYTES, "{served}");
+    assert_restored_alive(out);
+    guest::report_pass("criu_lazy_pages_daemon_fetches_from_pagestream_page_server", out);
 }

@@ -118,6 +118,32 @@ impl<S: ClientSocket> Client<S> {
         }
     }
 
+    /// GET (as `criu lazy-pages --page-server` asks): returns the `nr_pages` pages of the answer,
+    /// which must echo `pid` and `vaddr` and carry every page asked for.
+    pub fn get(&mut self, pid: u64, vaddr: u64, nr_pages: u64) -> Vec<u8> {
+        let c = PsCommand::Get { pid, vaddr, nr_pages };
+        self.send(c, &[]);
+        match self.reply(&c) {
+            Reply::Get { pid: p, vaddr: v, nr_pages: n } => assert_eq!((p, v, n), (pid, vaddr, nr_pages)),
+            r => panic!("{r:?}"),
+        }
+        let want = (nr_pages * ps()) as usize;
+        let mut data = Vec::with_capacity(want);
+        while data.len() < want {
+            match self.replies.decode(&mut self.buf).unwrap() {
+                Some(ClientInput::PageData(d)) => data.extend_from_slice(&d),
+                Some(other) => panic!("{other:?} inside a GET answer"),
+                None => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.sock.read(&mut chunk).expect("read a GET answer");
+                    assert!(n > 0, "the page server closed the connection inside a GET answer");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        data
+    }
+
     /// ADD_F with `flags`; `data` (whole pages) only with `PE_PRESENT`, else `nr_pages` counts.
     pub fn add_f(&mut self, dst: DstId, vaddr: u64, nr_pages: u64, flags: PageFlags, data: &[u8]) {
         assert_eq!(data.len() as u64, if flags.is_present() { nr_pages * ps() } else { 0 });

@@ -43,10 +43,10 @@ pub enum SessionError {
          the data were not flushed"
     )]
     EofBeforeClose { commands: u64, data_bytes: u64 },
-    /// A lazy-pages request; not served here.
+    /// A lazy-pages request inside a dump session (GETs are served only as a session of their own).
     #[error(
-        "GET (lazy-pages request for pid {pid}: {nr_pages} pages at {vaddr:#x}) is not supported: this page \
-         server receives dumps, it does not serve lazy pages"
+        "GET (lazy-pages request for pid {pid}: {nr_pages} pages at {vaddr:#x}) inside a dump session: a \
+         dump session does not serve lazy pages (a lazy-pages client's session starts with GET)"
     )]
     LazyGetUnsupported { pid: u64, vaddr: u64, nr_pages: u64 },
     /// OPEN / OPEN2 (or an implicit open) for a pagemap already started in this session.

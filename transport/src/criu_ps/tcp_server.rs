@@ -7,6 +7,9 @@
 //! configured header layout (or detected from the first command). TCP_NODELAY is set, so the small
 //! replies leave at once.
 //!
+//! A connection whose first command is GET is a lazy-pages client (`criu lazy-pages
+//! --page-server`): it is served from `DIR/last` without writing anything ([`super::lazy_server`]).
+//!
 //! A session ends in one of two ways:
 //! * **committed**: CLOSE (or FORCE_CLOSE) arrived, the directory was committed durably and
 //!   `last` moved, and only then the `int32` 0 reply was sent. After CLOSE the server waits (up to
@@ -29,6 +32,7 @@ use pagestream_engine::criu::ImageError;
 
 use super::command::PsCommand;
 use super::header::HeaderLayout;
+use super::lazy_server::{serve_gets, LazyServed};
 use super::server_decoder::{CommandDecoder, LayoutChoice, ServerInput};
 use super::session::{PageServerSession, SessionError, SessionStats};
 
@@ -74,6 +78,9 @@ pub struct SessionSummary {
     pub layout: Option<HeaderLayout>,
     /// A problem after the commit (e.g. bytes after CLOSE); the session stays committed.
     pub warning: Option<String>,
+    /// A lazy-pages client's GET session: `committed` is the session its pages came from and
+    /// nothing new was written.
+    pub lazy: Option<LazyServed>,
 }
 
 /// Why a connection did not produce a committed session.
@@ -88,6 +95,9 @@ pub enum ConnectionError {
     /// The client sent nothing for too long.
     #[error("no data from the client for {0:?}")]
     IdleTimeout(Duration),
+    /// A GET session failed (no images to serve, a page that is not there, a bad request).
+    #[error("lazy-pages GET session: {0}")]
+    Lazy(String),
     /// The directory is committed but the CLOSE reply could not be sent (the client will report
     /// a failure although the images are complete).
     #[error("session {number} was committed but its CLOSE reply could not be sent: {source}")]
@@ -191,13 +201,49 @@ fn run_session(
     }
     stream.set_read_timeout(cfg.idle_timeout).map_err(|source| ConnectionError::Io { op: "setsockopt", source })?;
     let mut decoder = CommandDecoder::new(cfg.layout, cfg.page_size).map_err(SessionError::from)?;
-    let mut session = PageServerSession::begin(dirs)?;
-    *number = session.target().map(|t| t.number());
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
+    // The first command says what the session is: a dump, or a lazy-pages client's GETs.
+    let first = loop {
+        if let Some(input) = decoder.decode(&mut buf).map_err(SessionError::from)? {
+            break input;
+        }
+        let n = read_some(stream, &mut chunk, cfg.idle_timeout)?;
+        if n == 0 {
+            decoder.finish().map_err(SessionError::from)?;
+            return Err(SessionError::EofBeforeClose { commands: 0, data_bytes: 0 }.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if let ServerInput::Command(get @ PsCommand::Get { .. }) = first {
+        let (served_from, lazy) = serve_gets(stream, &mut decoder, &mut buf, get, dirs, cfg)?;
+        *number = Some(served_from.number);
+        let warning = wait_for_eof(stream, &mut decoder, &mut buf, cfg.close_wait);
+        let stats = SessionStats { commands: lazy.gets + 1, ..Default::default() };
+        return Ok(SessionSummary {
+            committed: served_from,
+            stats,
+            layout: decoder.layout(),
+            warning,
+            lazy: Some(lazy),
+        });
+    }
+    let mut session = PageServerSession::begin(dirs)?;
+    *number = session.target().map(|t| t.number());
     let mut reply = Vec::new();
-    let mut force_close = false;
+    let mut force_close = first == ServerInput::Command(PsCommand::ForceClose);
+    session.handle(first, &mut reply)?;
     let result = loop {
+        // Answer what the last input asked for (OPEN2 / PARENT) before reading more.
+        if !reply.is_empty() {
+            if let Err(source) = stream.write_all(&reply) {
+                break Err(ConnectionError::Io { op: "write", source });
+            }
+            reply.clear();
+        }
+        if session.committed().is_some() {
+            break Ok(()); // an empty session: CLOSE came first
+        }
         let n = match read_some(stream, &mut chunk, cfg.idle_timeout) {
             Ok(n) => n,
             Err(e) => break Err(e),
@@ -233,7 +279,7 @@ fn run_session(
     }
     let committed = session.committed().cloned().ok_or(SessionError::Finished("failed"))?;
     let warning = if force_close { None } else { wait_for_eof(stream, &mut decoder, &mut buf, cfg.close_wait) };
-    Ok(SessionSummary { committed, stats: *session.stats(), layout: decoder.layout(), warning })
+    Ok(SessionSummary { committed, stats: *session.stats(), layout: decoder.layout(), warning, lazy: None })
 }
 
 /// Decodes everything buffered and hands it to the session; replies accumulate in `reply`.
@@ -252,7 +298,11 @@ fn decode_and_handle(
     Ok(())
 }
 
-fn read_some(mut stream: &TcpStream, chunk: &mut [u8], idle: Option<Duration>) -> Result<usize, ConnectionError> {
+pub(crate) fn read_some(
+    mut stream: &TcpStream,
+    chunk: &mut [u8],
+    idle: Option<Duration>,
+) -> Result<usize, ConnectionError> {
     loop {
         match stream.read(chunk) {
             Ok(n) => return Ok(n),
