@@ -41,6 +41,10 @@ pub struct LazyPagesArgs {
     /// With --from: how long faults wait for a lost source to come back before the restore fails.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS", requires = "from")]
     pub resume_timeout: f64,
+    /// Write the runs the restored processes faulted on, in order, to FILE (for `serve-lazy
+    /// --working-set` to push first next time).
+    #[arg(long, value_name = "FILE")]
+    pub record_working_set: Option<PathBuf>,
     /// Print the totals as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -82,6 +86,14 @@ pub fn run(args: &LazyPagesArgs) -> Result<()> {
     let stats = lazy::serve(&listener, source, &mut ranges_of).context("lazy restore failed")?;
     let s = stats.summary();
     let remote = remote.map(RemotePageSource::finish);
+    if let Some(path) = &args.record_working_set {
+        stats.working_set.write(path).with_context(|| format!("writing the working set to {}", path.display()))?;
+        eprintln!(
+            "pagestream lazy-pages: working set of {} runs written to {}",
+            stats.working_set.runs.len(),
+            path.display()
+        );
+    }
     if args.json {
         let mut v = serde_json::to_value(&s)?;
         if let (Some(r), Some(o)) = (&remote, v.as_object_mut()) {

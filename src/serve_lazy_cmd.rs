@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use pagestream_engine::lazy::PageSource;
+use anyhow::{anyhow, bail, Context, Result};
+use pagestream_engine::lazy::{PageSource, WorkingSet};
 use pagestream_transport::criu_ps::lazy_client::CriuLazySource;
 use pagestream_transport::criu_ps::HeaderLayout;
 use pagestream_transport::lazy::LazyServer;
@@ -40,6 +40,10 @@ pub struct ServeLazyArgs {
     /// directory is DIR).
     #[arg(long, value_name = "HOST:PORT")]
     pub criu_page_server: Option<SocketAddr>,
+    /// Push the runs of this working set first (written by `lazy-pages --record-working-set`
+    /// during an earlier restore of the same program).
+    #[arg(long, value_name = "FILE")]
+    pub working_set: Option<PathBuf>,
     /// With --criu-page-server: CRIU's header size, 24 (CRIU <= 4.1.1) or 32 (CRIU >= 4.2).
     #[arg(long, default_value = "24", requires = "criu_page_server")]
     pub criu_header: u8,
@@ -60,7 +64,7 @@ pub fn run(args: &ServeLazyArgs) -> Result<()> {
         }
         None => None,
     };
-    let server = LazyServer::bind_source(
+    let mut server = LazyServer::bind_source(
         args.listen,
         &args.tls.security()?,
         &args.images_dir,
@@ -69,6 +73,11 @@ pub fn run(args: &ServeLazyArgs) -> Result<()> {
         !args.no_push,
     )
     .with_context(|| format!("serving {} on {}", args.images_dir.display(), args.listen))?;
+    if let Some(path) = &args.working_set {
+        let ws = WorkingSet::read(path, pagestream_engine::page_size()).map_err(|e| anyhow!("working set: {e}"))?;
+        server.push_first(&ws);
+        eprintln!("pagestream serve-lazy: pushing the {} runs of {} first", ws.runs.len(), path.display());
+    }
     eprintln!(
         "pagestream serve-lazy: serving {} lazy pages of {} on {}",
         server.lazy_pages(),
@@ -78,8 +87,9 @@ pub fn run(args: &ServeLazyArgs) -> Result<()> {
     server
         .serve(args.sessions, |r| {
             println!(
-                "session {} complete: {} pages fetched on faults, {} pushed, {} connection(s)",
-                r.session, r.fetched_pages, r.pushed_pages, r.connections
+                "session {} complete: {} pages fetched on faults, {} pushed ({} of them first, from the working set), \
+                 {} connection(s)",
+                r.session, r.fetched_pages, r.pushed_pages, r.working_set_pages, r.connections
             );
         })
         .context("serving lazy restores")?;

@@ -6,7 +6,8 @@
 //! packet for 5 s, longer than the 3 s QUIC idle timeout) while faults are still to come (the
 //! source serving faults only, so that they must cross the link): the
 //! restored process waits, the daemon reconnects with the same session, and the restore
-//! completes with every byte right.
+//! completes with every byte right. And a working set: the runs one restore faulted on
+//! (`--record-working-set`) are pushed first by the next restore's source (`--working-set`).
 
 mod common;
 mod lazy_common;
@@ -238,4 +239,46 @@ fn a_link_cut_mid_restore_is_survived_and_resumed() {
     let out = src.wait(Duration::from_secs(30));
     assert!(out.status.success(), "serve-lazy: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("connection(s)"), "{out:?}");
+}
+
+#[test]
+fn a_recorded_working_set_is_pushed_first_next_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, _) = build_images(tmp.path());
+    let certs_dir = tmp.path().join("certs");
+    certs(&certs_dir);
+    let ws = tmp.path().join("working-set");
+    let ws_arg = ws.display().to_string();
+    for (pass, source_extra, daemon_extra) in [
+        (1, vec!["--no-push"], vec!["--record-working-set", ws_arg.as_str()]),
+        (2, vec!["--working-set", ws_arg.as_str()], vec![]),
+    ] {
+        let work = tmp.path().join(format!("work{pass}"));
+        std::fs::create_dir(&work).unwrap();
+        let (src, addr) = source(&images, &certs_dir, &source_extra);
+        let mut args = daemon_args(addr, &certs_dir);
+        args.extend(daemon_extra.iter().map(|s| s.to_string()));
+        let daemon = start_daemon_with(&images, &work, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (r, d) = wait_pair(restorer(&images, &work, &["--threads", "1"]), daemon);
+        assert!(r.status.success() && d.status.success(), "pass {pass}: {}", String::from_utf8_lossy(&d.stderr));
+        assert_eq!(json_of(&r)["mismatches"].as_u64(), Some(0));
+        let out = src.wait(Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("pass {pass}: {text}");
+        if pass == 1 {
+            // Every page installed by a fault is in the working set, once.
+            let recorded = std::fs::read_to_string(&ws).unwrap();
+            let pages: u64 = recorded.lines().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+            assert_eq!(Some(pages), json_of(&d)["pages_faulted"].as_u64(), "{recorded}");
+            assert!(pages > 0);
+        } else {
+            let first: u64 = text
+                .split(" of them first")
+                .next()
+                .and_then(|h| h.rsplit('(').next())
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(first > 0, "the working set was pushed first: {text}");
+        }
+    }
 }

@@ -267,7 +267,11 @@ impl TaskUffd {
             let done_end = dst + done_pages * ps;
             let installed: u64 = self.lazy.take(dst, done_end).iter().map(|e| (e.end - e.start) / ps).sum();
             match cause {
-                InstallCause::Fault => stats.pages_faulted += installed,
+                InstallCause::Fault => {
+                    stats.pages_faulted += installed;
+                    let src = piece.src + i as u64 * ps;
+                    stats.working_set.record(self.pagemap, PageRun::new(src, done_pages));
+                }
                 InstallCause::Push => stats.pages_pushed += installed,
             }
             if is_zero {

@@ -8,6 +8,7 @@
 //! * [`handoff`]: the `lazy-pages.socket` protocol (sans-IO decoder, daemon and restorer ends).
 //! * [`daemon`]: [`daemon::serve`], the event loop tying them together.
 //! * [`stats`]: [`LazyStats`], fault latency and residency.
+//! * [`working_set`]: [`WorkingSet`], the faulted runs in order (recorded, then pushed first).
 
 pub mod daemon;
 pub mod handler;
@@ -15,6 +16,7 @@ pub mod handoff;
 pub mod ranges;
 pub mod source;
 pub mod stats;
+pub mod working_set;
 
 pub use daemon::{serve, DaemonError};
 pub use handler::TaskUffd;
@@ -22,3 +24,4 @@ pub use handoff::{HandoffClient, HandoffDecoder, HandoffEvent, HandoffListener, 
 pub use ranges::LazyRanges;
 pub use source::{ImageSource, PageSource, SourceError};
 pub use stats::{LazyStats, LazySummary};
+pub use working_set::WorkingSet;

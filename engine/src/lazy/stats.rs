@@ -36,6 +36,8 @@ pub struct LazyStats {
     pub time_to_full_residency: Option<Duration>,
     /// Fault service latency in nanoseconds, from reading the event to the page being installed.
     pub fault_latency_ns: Histogram<u64>,
+    /// The runs installed by faults, in order (dump-time addresses).
+    pub working_set: super::working_set::WorkingSet,
 }
 
 impl Default for LazyStats {
@@ -85,6 +87,7 @@ impl LazyStats {
             forks: 0,
             time_to_full_residency: None,
             fault_latency_ns,
+            working_set: Default::default(),
         }
     }
 

@@ -44,10 +44,14 @@ pub struct LazyServerReport {
     pub pushed_pages: u64,
     /// Connections the session used (1 + reconnections).
     pub connections: u64,
+    /// Pages pushed first because the working set named them.
+    pub working_set_pages: u64,
 }
 
 struct SessionState {
     unsent: HashMap<PagemapId, PageRunSet>,
+    /// The working set still to push first (runs at dump-time addresses).
+    priority: std::collections::VecDeque<(PagemapId, PageRun)>,
     /// Pagemap index and address the push goes on from.
     cursor: (usize, u64),
     report: LazyServerReport,
@@ -63,6 +67,7 @@ struct Shared {
     lazy_pages: u64,
     sessions: Mutex<HashMap<u64, Arc<Mutex<SessionState>>>>,
     next_session: AtomicU64,
+    working_set: Vec<(PagemapId, PageRun)>,
 }
 
 /// The lazy-pages source; see the module documentation.
@@ -146,8 +151,21 @@ impl LazyServer {
             lazy_pages,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            working_set: Vec::new(),
         });
         Ok(LazyServer { endpoint, local_addr, shared, rt })
+    }
+
+    /// Pushes the runs of `ws` first in every session (before serving: later calls, once a
+    /// session holds the configuration, change nothing and return false).
+    pub fn push_first(&mut self, ws: &pagestream_engine::lazy::WorkingSet) -> bool {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.working_set = ws.runs.clone();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The bound address.
@@ -322,6 +340,7 @@ fn session_for(shared: &Shared, session: u64) -> Result<Arc<Mutex<SessionState>>
     let number = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(Mutex::new(SessionState {
         unsent: shared.plan.iter().cloned().collect(),
+        priority: shared.working_set.iter().copied().collect(),
         cursor: (0, 0),
         report: LazyServerReport { session: number, ..Default::default() },
     }));
@@ -348,6 +367,22 @@ fn read_pages(shared: &Shared, id: PagemapId, run: PageRun) -> Result<Bytes, Str
 /// cursor's pagemap, the following pagemaps, then (wrapping once) what lies below the cursor.
 fn next_unsent(shared: &Shared, st: &mut SessionState) -> Option<(PagemapId, PageRun)> {
     let ps = shared.page_size;
+    // The working set first, in the order it was touched.
+    while let Some((id, want)) = st.priority.pop_front() {
+        let Some(set) = st.unsent.get_mut(&id) else { continue };
+        let first = set.range(want.vaddr, want.vaddr + want.nr_pages * ps).next();
+        if let Some(run) = first {
+            let run = PageRun::new(run.vaddr, run.nr_pages.min(MAX_RUN_PAGES));
+            set.remove(run);
+            let rest_at = run.vaddr + run.nr_pages * ps;
+            let want_end = want.vaddr + want.nr_pages * ps;
+            if rest_at < want_end {
+                st.priority.push_front((id, PageRun::new(rest_at, (want_end - rest_at) / ps)));
+            }
+            st.report.working_set_pages += run.nr_pages;
+            return Some((id, run));
+        }
+    }
     let n = shared.plan.len();
     let top = !(ps - 1);
     let (start, from) = st.cursor;
