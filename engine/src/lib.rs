@@ -2,6 +2,7 @@
 //!
 //! * [`page`]: the kernel page size and [`page::PageRun`], a run of consecutive pages.
 //! * [`runset`]: [`runset::PageRunSet`], sorted non-overlapping runs with set algebra.
+//! * [`round_digest`]: [`round_digest::RoundDigest`], the order-independent digest of a round's pages.
 //! * [`process`]: a live process: memory map, residency, ptrace stops, freezing.
 //! * [`track`]: [`track::DirtyTracker`] and its backends (uffd-wp, soft-dirty, digest).
 //! * [`read`]: [`read::PageReader`], pages out of a live process.
@@ -38,6 +39,7 @@ pub mod page;
 pub mod precopy;
 pub mod process;
 pub mod read;
+pub mod round_digest;
 pub mod runset;
 pub mod sink;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Failure paths of the QUIC transport over loopback: peers with certificates from another CA,
 //! a receiver closed or a link cut in the middle of a round, a sender that aborts or vanishes,
-//! handshake mismatches, and garbage on a data stream. Every failure must reach both sides
+//! handshake mismatches, garbage on a data stream, and a round whose pages do not match the
+//! sender's digest. Every failure must reach both sides
 //! promptly with a clear error, and the receiver must leave no directory behind.
 
 mod quic_common;
@@ -12,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::page_size;
+use pagestream_engine::round_digest::RoundDigest;
 use pagestream_engine::sink::{PageSink, RoundSummary, SinkError};
 use pagestream_engine::PageRun;
 use pagestream_transport::quic::endpoint::{client_bind_addr, make_endpoint, shared_transport, Side};
 use pagestream_transport::quic::session::ControlStream;
 use pagestream_transport::quic::tls::quic_client_config;
 use pagestream_transport::quic::{QuicSink, Security, TlsFiles, TransportError};
-use pagestream_transport::wire::{Codecs, ControlFrame, Hello};
+use pagestream_transport::wire::{Codecs, ControlFrame, DataLimits, Hello, RunEncoder};
 use quic_common::*;
 
 const HEAP: u64 = 0x7f00_0000_0000;
@@ -305,6 +307,42 @@ fn garbage_on_a_data_stream_fails_the_session_cleanly() {
     match seen {
         Ok(Some(ControlFrame::Abort { reason })) => assert!(reason.contains("exceeds the limit"), "{reason}"),
         Err(e) => assert!(e.to_string().contains("exceeds the limit"), "{e}"),
+        other => panic!("expected the receiver to abort, got {other:?}"),
+    }
+    assert_nothing_written(&out);
+}
+
+#[test]
+fn a_round_whose_pages_do_not_match_the_senders_digest_fails_and_nothing_is_written() {
+    let pki = pki();
+    let out = tempfile::tempdir().expect("tempdir");
+    let serving = Serving::start(receiver_config(&pki), out.path().join("images"));
+    let ps = page_size();
+    let seen = raw_client(serving.addr, &client_security(&pki), async |conn, control| {
+        let hello = Hello::new(ps, Codecs::ALL, 1024, [6; 16]);
+        control.send(&ControlFrame::Hello(hello)).await.expect("send");
+        assert!(matches!(control.recv().await, Ok(Some(ControlFrame::Hello(_)))));
+        control.send(&ControlFrame::RoundBegin { round: 0 }).await.expect("send");
+        let data = [page(1, ps), page(2, ps)].concat();
+        let mut frames = bytes::BytesMut::new();
+        let mut enc = RunEncoder::new(DataLimits::new(ps, 1024, Codecs::ALL).expect("limits"));
+        enc.encode_pages_into(0, TASK, PageRun::new(HEAP, 2), &data, &mut frames).expect("encode");
+        let mut stream = conn.open_uni().await.expect("data stream");
+        stream.write_all(&frames).await.expect("write");
+        stream.finish().expect("finish");
+        // The right counts, the digest of other bytes (as if a page had been corrupted in transit).
+        let mut wrong = RoundDigest::new(ps);
+        wrong.add_pages(HEAP, &[page(1, ps), page(3, ps)].concat());
+        let end = ControlFrame::RoundEnd { round: 0, data_pages: 2, zero_pages: 0, digest: wrong.value() };
+        control.send(&end).await.expect("send");
+        control.recv().await
+    });
+    let (result, _) = serving.wait(Duration::from_secs(15));
+    let err = result.expect_err("a digest mismatch must fail the session");
+    assert!(err.to_string().contains("do not match the sender's digest"), "{err}");
+    match seen {
+        Ok(Some(ControlFrame::Abort { reason })) => assert!(reason.contains("digest"), "{reason}"),
+        Err(e) => assert!(e.to_string().contains("do not match the sender's digest"), "{e}"),
         other => panic!("expected the receiver to abort, got {other:?}"),
     }
     assert_nothing_written(&out);

@@ -7,7 +7,7 @@ use pagestream_engine::criu::PagemapId;
 use pagestream_engine::PageRun;
 use pagestream_transport::wire::{
     encode_control, Codecs, ControlDecoder, ControlFrame, DataDecoder, DataLimits, Encoding, RunEncoder, RunHeader,
-    WireError, HELLO_BODY_LEN, MAX_CONTROL_BODY, MAX_STRING_LEN, RUN_HEADER_LEN,
+    WireError, HELLO_BODY_LEN, MAX_CONTROL_BODY, MAX_STRING_LEN, PROTOCOL_VERSION, RUN_HEADER_LEN,
 };
 
 const PS: u64 = 4096;
@@ -211,7 +211,7 @@ fn truncated_streams_fail_at_finish() {
 fn fixed_size_control_bodies() {
     for (ty, name, want) in [
         (0x10u8, "RoundBegin", 4),
-        (0x11, "RoundEnd", 20),
+        (0x11, "RoundEnd", 28),
         (0x12, "RoundAck", 4),
         (0x13, "Commit", 12),
         (0x15, "Stats", 32),
@@ -263,7 +263,7 @@ fn hello_checks() {
     );
     let mut v9 = body.clone();
     v9[4..6].copy_from_slice(&9u16.to_le_bytes());
-    assert_eq!(control_err(control_frame(0x01, &v9)), WireError::VersionMismatch { ours: 1, theirs: 9 });
+    assert_eq!(control_err(control_frame(0x01, &v9)), WireError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 9 });
     let mut bad_ps = body;
     bad_ps[6..14].copy_from_slice(&(3 * PS).to_le_bytes());
     assert_eq!(control_err(control_frame(0x01, &bad_ps)), WireError::InvalidPageSize { page_size: 3 * PS });

@@ -98,7 +98,7 @@ fn valid_control_stream() -> Vec<u8> {
     let mut wire = BytesMut::new();
     for f in [
         ControlFrame::RoundBegin { round: 0 },
-        ControlFrame::RoundEnd { round: 0, data_pages: 10, zero_pages: 2 },
+        ControlFrame::RoundEnd { round: 0, data_pages: 10, zero_pages: 2, digest: 0x1234 },
         ControlFrame::CommitAck { location: "/tmp/x".into(), pages: 12 },
         ControlFrame::Abort { reason: "because".into() },
     ] {

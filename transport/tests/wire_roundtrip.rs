@@ -34,10 +34,8 @@ fn control_frame() -> impl Strategy<Value = ControlFrame> {
         hello().prop_map(ControlFrame::Hello),
         text().prop_map(|reason| ControlFrame::Reject { reason }),
         any::<u32>().prop_map(|round| ControlFrame::RoundBegin { round }),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(round, data_pages, zero_pages)| ControlFrame::RoundEnd {
-            round,
-            data_pages,
-            zero_pages
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(round, data_pages, zero_pages, digest)| {
+            ControlFrame::RoundEnd { round, data_pages, zero_pages, digest }
         }),
         any::<u32>().prop_map(|round| ControlFrame::RoundAck { round }),
         (any::<u32>(), any::<u64>())

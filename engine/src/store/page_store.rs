@@ -253,6 +253,11 @@ impl PageStore {
         self.per_round.get(&round).copied().unwrap_or(0)
     }
 
+    /// The page size of the store.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
     /// Distinct pages held.
     pub fn len_pages(&self) -> u64 {
         self.index.len() as u64

@@ -207,7 +207,7 @@ impl<'a> Session<'a> {
                     open = Some(round);
                     on_event(ReceiverEvent::RoundStarted { round });
                 }
-                ControlFrame::RoundEnd { round, data_pages, zero_pages } => {
+                ControlFrame::RoundEnd { round, data_pages, zero_pages, digest } => {
                     if open != Some(round) {
                         return Err(TransportError::Violation(format!(
                             "RoundEnd for round {round}, which is not open"
@@ -217,7 +217,7 @@ impl<'a> Session<'a> {
                         .checked_add(zero_pages)
                         .ok_or_else(|| TransportError::Violation(format!("round {round}: page counts overflow")))?;
                     let (done, rx) = oneshot::channel();
-                    ops.send(StoreOp::AwaitRound { round, pages, done }).await.map_err(|_| closed())?;
+                    ops.send(StoreOp::AwaitRound { round, pages, digest, done }).await.map_err(|_| closed())?;
                     let pages_held = self.store_answer(rx).await?;
                     self.send(&ControlFrame::RoundAck { round }).await?;
                     (open, last, rounds) = (None, Some(round), rounds + 1);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pagestream_engine::criu::PagemapId;
+use pagestream_engine::round_digest::RoundDigest;
 use pagestream_engine::sink::{CommitReceipt, PageSink, RoundSummary, SinkError, SinkStats};
 use pagestream_engine::PageRun;
 use quinn::{Connection, Endpoint};
@@ -67,6 +68,8 @@ pub struct QuicSink {
     last_round: Option<u32>,
     round_data: u64,
     round_zero: u64,
+    /// The digest of the open round's pages (sent with RoundEnd).
+    digest: RoundDigest,
     total_pages: u64,
     stats: SinkStats,
     report: StatsReport,
@@ -128,6 +131,7 @@ impl QuicSink {
             last_round: None,
             round_data: 0,
             round_zero: 0,
+            digest: RoundDigest::new(page_size),
             total_pages: 0,
             stats: SinkStats::default(),
             report: StatsReport::default(),
@@ -316,6 +320,7 @@ impl PageSink for QuicSink {
         self.state = State::InRound(round);
         self.round_data = 0;
         self.round_zero = 0;
+        self.digest = RoundDigest::new(self.page_size);
         Ok(())
     }
 
@@ -343,6 +348,7 @@ impl PageSink for QuicSink {
             }
             self.batch_added()?;
         }
+        self.digest.add_pages(run.vaddr, data);
         self.round_data += run.nr_pages;
         self.total_pages += run.nr_pages;
         self.stats.raw_bytes += data.len() as u64;
@@ -365,6 +371,7 @@ impl PageSink for QuicSink {
             }
             self.batch_added()?;
         }
+        self.digest.add_zero(run.vaddr, run.nr_pages);
         self.round_zero += run.nr_pages;
         self.total_pages += run.nr_pages;
         self.report.zero_pages += run.nr_pages;
@@ -391,7 +398,8 @@ impl PageSink for QuicSink {
             );
         }
         self.flush_batch()?;
-        let frame = ControlFrame::RoundEnd { round, data_pages: self.round_data, zero_pages: self.round_zero };
+        let digest = std::mem::replace(&mut self.digest, RoundDigest::new(self.page_size)).value();
+        let frame = ControlFrame::RoundEnd { round, data_pages: self.round_data, zero_pages: self.round_zero, digest };
         match self.request(frame, "RoundAck", |f| matches!(f, ControlFrame::RoundAck { round: r } if *r == round)) {
             Ok(_) => {
                 self.state = State::Idle;

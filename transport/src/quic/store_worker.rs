@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use pagestream_engine::round_digest::RoundDigest;
 use pagestream_engine::store::PageStore;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,12 +37,14 @@ pub enum StoreOp {
     /// Store decoded runs, in order.
     Runs(Vec<DataRun>),
     /// Answer, with the distinct pages held, once round `round` holds `pages` pages (data and
-    /// zero).
+    /// zero) whose digest is `digest` (a different digest fails the session).
     AwaitRound {
         /// The round.
         round: u32,
         /// Pages announced for it.
         pages: u64,
+        /// The sender's digest of the round.
+        digest: u64,
         /// Where the answer goes.
         done: RoundDone,
     },
@@ -66,7 +69,9 @@ struct Worker {
     store: PageStore,
     received: u64,
     announced: HashMap<u32, u64>,
-    round_waiter: Option<(u32, u64, RoundDone)>,
+    /// The digest of what each round delivered so far.
+    digests: HashMap<u32, RoundDigest>,
+    round_waiter: Option<(u32, u64, u64, RoundDone)>,
     commit_waiter: Option<(u64, PathBuf, CommitDone)>,
 }
 
@@ -76,7 +81,14 @@ pub fn spawn(
     ops: mpsc::Receiver<StoreOp>,
     fault: Arc<Fault>,
 ) -> Result<JoinHandle<()>, TransportError> {
-    let worker = Worker { store, received: 0, announced: HashMap::new(), round_waiter: None, commit_waiter: None };
+    let worker = Worker {
+        store,
+        received: 0,
+        announced: HashMap::new(),
+        digests: HashMap::new(),
+        round_waiter: None,
+        commit_waiter: None,
+    };
     std::thread::Builder::new()
         .name("pagestream-store".into())
         .spawn(move || worker.run(ops, &fault))
@@ -103,9 +115,9 @@ impl Worker {
                     self.put(run)?;
                 }
             }
-            StoreOp::AwaitRound { round, pages, done } => {
+            StoreOp::AwaitRound { round, pages, digest, done } => {
                 self.announced.insert(round, pages);
-                self.round_waiter = Some((round, pages, done));
+                self.round_waiter = Some((round, pages, digest, done));
             }
             StoreOp::Commit { total_pages, dir, done } => self.commit_waiter = Some((total_pages, dir, done)),
         }
@@ -115,9 +127,17 @@ impl Worker {
     }
 
     fn put(&mut self, run: DataRun) -> Result<(), TransportError> {
+        let ps = self.store.page_size();
+        let digest = self.digests.entry(run.round).or_insert_with(|| RoundDigest::new(ps));
         match &run.content {
-            RunContent::Data(data) => self.store.put_pages(run.round, run.pagemap, run.run, data)?,
-            RunContent::Zero => self.store.put_zero(run.round, run.pagemap, run.run)?,
+            RunContent::Data(data) => {
+                digest.add_pages(run.run.vaddr, data);
+                self.store.put_pages(run.round, run.pagemap, run.run, data)?
+            }
+            RunContent::Zero => {
+                digest.add_zero(run.run.vaddr, run.run.nr_pages);
+                self.store.put_zero(run.round, run.pagemap, run.run)?
+            }
         }
         self.received += run.run.nr_pages;
         if let Some(&announced) = self.announced.get(&run.round) {
@@ -133,10 +153,17 @@ impl Worker {
     }
 
     fn answer_round(&mut self) {
-        let Some((round, pages, _)) = &self.round_waiter else { return };
+        let Some((round, pages, digest, _)) = &self.round_waiter else { return };
         let held = self.store.pages_in_round(*round);
-        let answer = if held == *pages {
+        let ours = self.digests.get(round).map_or(0, RoundDigest::value);
+        let answer = if held == *pages && ours == *digest {
+            self.digests.remove(round);
             Ok(self.store.len_pages())
+        } else if held == *pages {
+            Err(TransportError::Violation(format!(
+                "round {round}: the pages received do not match the sender's digest ({ours:#018x} here, \
+                 {digest:#018x} sent)"
+            )))
         } else if held > *pages {
             Err(TransportError::Violation(format!(
                 "round {round} carried {held} pages, more than the {pages} announced"
@@ -144,7 +171,7 @@ impl Worker {
         } else {
             return;
         };
-        if let Some((_, _, done)) = self.round_waiter.take() {
+        if let Some((_, _, _, done)) = self.round_waiter.take() {
             let _ = done.send(answer);
         }
     }

@@ -43,7 +43,8 @@ pub enum ControlFrame {
         /// The round number.
         round: u32,
     },
-    /// Round `round` ended after `data_pages` pages with data and `zero_pages` zero pages.
+    /// Round `round` ended after `data_pages` pages with data and `zero_pages` zero pages, whose
+    /// [`RoundDigest`](pagestream_engine::round_digest::RoundDigest) is `digest`.
     RoundEnd {
         /// The round number.
         round: u32,
@@ -51,6 +52,8 @@ pub enum ControlFrame {
         data_pages: u64,
         /// Pages sent as zero runs in this round.
         zero_pages: u64,
+        /// The digest of the round's pages; the receiver compares it with what it stored.
+        digest: u64,
     },
     /// The server holds every page of round `round`.
     RoundAck {
@@ -126,10 +129,11 @@ pub fn encode_control(frame: &ControlFrame, out: &mut BytesMut) -> Result<(), Wi
         ControlFrame::Hello(hello) => hello.encode_body(&mut body),
         ControlFrame::Reject { reason } | ControlFrame::Abort { reason } => put_string(&mut body, name, reason)?,
         ControlFrame::RoundBegin { round } | ControlFrame::RoundAck { round } => body.put_u32_le(*round),
-        ControlFrame::RoundEnd { round, data_pages, zero_pages } => {
+        ControlFrame::RoundEnd { round, data_pages, zero_pages, digest } => {
             body.put_u32_le(*round);
             body.put_u64_le(*data_pages);
             body.put_u64_le(*zero_pages);
+            body.put_u64_le(*digest);
         }
         ControlFrame::Commit { final_round, total_pages } => {
             body.put_u32_le(*final_round);
@@ -183,8 +187,8 @@ pub fn decode_control_body(ty: FrameType, body: &[u8]) -> Result<ControlFrame, W
         FrameType::RoundBegin => ControlFrame::RoundBegin { round: fixed(4)?.u32()? },
         FrameType::RoundAck => ControlFrame::RoundAck { round: fixed(4)?.u32()? },
         FrameType::RoundEnd => {
-            let mut r = fixed(20)?;
-            ControlFrame::RoundEnd { round: r.u32()?, data_pages: r.u64()?, zero_pages: r.u64()? }
+            let mut r = fixed(28)?;
+            ControlFrame::RoundEnd { round: r.u32()?, data_pages: r.u64()?, zero_pages: r.u64()?, digest: r.u64()? }
         }
         FrameType::Commit => {
             let mut r = fixed(12)?;

@@ -5,7 +5,7 @@
 //!
 //! * **control stream** — the first bidirectional stream, opened by the client. The client sends
 //!   a [`Hello`]; the server answers with its own Hello (the agreement) or a Reject. Then
-//!   `RoundBegin`, `RoundEnd{round, data_pages, zero_pages}` → `RoundAck{round}` once the server
+//!   `RoundBegin`, `RoundEnd{round, data_pages, zero_pages, digest}` → `RoundAck{round}` once the server
 //!   holds every page of the round, `Commit{final_round, total_pages}` → `CommitAck{location,
 //!   pages}` once the image is durable, optional `Stats`, and `Abort{reason}` from either side.
 //! * **data streams** — several unidirectional streams from the client, each a sequence of Run
