@@ -77,10 +77,15 @@ fn migrate(sink: &mut QuicSink) -> Plan {
         send_data(s, p, TASK, HEAP + 5000 * ps, &[30_000, 30_001]);
         send_data(s, p, SHM, 2 * ps, &[40_000]);
     });
-    // Round 2 (the "frozen" one): a page that just became zero gets data again.
+    // Round 2 (the "frozen" one): a page that just became zero gets data again, and ten pages
+    // of round 0 were unmapped at the source: discarded, they must not be in the image.
     round(sink, &mut plan, 2, |s, p| {
         send_data(s, p, TASK, HEAP + 31 * ps, &[50_000]);
         send_data(s, p, TASK, HEAP + 11 * ps, &[50_001]);
+        s.discard(TASK, PageRun::new(HEAP + 1000 * ps, 10)).expect("discard");
+        for i in 0..10 {
+            p.expected.remove(&(TASK, HEAP + (1000 + i) * ps));
+        }
     });
     plan
 }
@@ -125,7 +130,14 @@ fn end_to_end(compression: Compression, client: Security, server: ReceiverConfig
     assert!(matches!(events.first(), Some(ReceiverEvent::Connected { .. })));
     assert!(matches!(events.last(), Some(ReceiverEvent::Committed { .. })));
 
-    let absent = [(TASK, HEAP + 1500 * ps), (TASK, HEAP - ps), (SHM, 5 * ps), (PagemapId::Task(1), HEAP)];
+    let absent = [
+        (TASK, HEAP + 1500 * ps),
+        (TASK, HEAP - ps),
+        (SHM, 5 * ps),
+        (PagemapId::Task(1), HEAP),
+        (TASK, HEAP + 1000 * ps),
+        (TASK, HEAP + 1009 * ps),
+    ];
     verify_image(&report.dir, ps, &plan.expected, &absent);
     assert!(report.wire_bytes > 0);
     (stats.raw_bytes, stats.wire_bytes)

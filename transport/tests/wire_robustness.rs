@@ -44,6 +44,7 @@ fn run_data(limits: DataLimits, wire: &[u8], sizes: &[usize]) -> Result<usize, W
                     match run.content {
                         RunContent::Data(d) => assert_eq!(d.len() as u64, run.run.nr_pages * PS),
                         RunContent::Zero => assert_eq!(run.encoding, Encoding::Zero),
+                        RunContent::Discard => assert_eq!(run.encoding, Encoding::Discard),
                     }
                 }
                 Ok(None) => break,

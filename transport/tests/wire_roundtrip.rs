@@ -126,7 +126,7 @@ proptest! {
 
     #[test]
     fn run_headers_round_trip(round in any::<u32>(), pm in pagemap(), vaddr in any::<u64>(), nr in any::<u32>(),
-                              enc in 0u8..3, payload_len in any::<u32>()) {
+                              enc in 0u8..4, payload_len in any::<u32>()) {
         let encoding = Encoding::from_byte(enc).unwrap();
         let h = RunHeader { round, pagemap: pm, vaddr, nr_pages: nr, encoding, payload_len };
         let mut out = BytesMut::new();
@@ -218,4 +218,33 @@ fn hello_carries_this_protocol_version() {
     encode_control(&ControlFrame::Hello(h), &mut wire).unwrap();
     assert_eq!(wire[0], 0x01);
     assert_eq!(&wire[5..9], b"PGST");
+}
+
+#[test]
+fn a_discard_round_trips_and_carries_no_payload() {
+    let ps = 4096;
+    let limits = DataLimits::new(ps, 16, Codecs::ALL).unwrap();
+    let mut enc = RunEncoder::new(limits);
+    let mut wire = BytesMut::new();
+    let run = PageRun::new(0x10_0000, 3);
+    enc.encode_discard_into(4, PagemapId::Task(9), run, &mut wire).unwrap();
+    let mut dec = DataDecoder::new(limits);
+    let got = dec.decode(&mut wire).unwrap().expect("a frame");
+    assert_eq!((got.round, got.run, got.content, got.encoding), (4, run, RunContent::Discard, Encoding::Discard));
+
+    let h = RunHeader {
+        round: 0,
+        pagemap: PagemapId::Task(9),
+        vaddr: 0,
+        nr_pages: 1,
+        encoding: Encoding::Discard,
+        payload_len: 1,
+    };
+    let mut bad = BytesMut::new();
+    bad.extend_from_slice(&[0x20]);
+    bad.extend_from_slice(&((RUN_HEADER_LEN + 1) as u32).to_le_bytes());
+    h.encode(&mut bad);
+    bad.extend_from_slice(&[0]);
+    let err = DataDecoder::new(limits).decode(&mut bad).unwrap_err();
+    assert!(err.to_string().contains("a discard has no payload"), "{err}");
 }

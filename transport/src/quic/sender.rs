@@ -378,6 +378,24 @@ impl PageSink for QuicSink {
         Ok(())
     }
 
+    fn discard(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
+        self.check_fault()?;
+        let round = self.in_round()?;
+        let ps = self.page_size;
+        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
+            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
+        }
+        let max = u64::from(self.encoder.limits().max_run_pages());
+        for piece in run.chunks(max, ps) {
+            self.batch_room(self.encoder.max_frame_len(0))?;
+            if let Err(e) = self.encoder.encode_discard_into(round, id, piece, &mut self.batch) {
+                return Err(self.fail(e.into()));
+            }
+            self.batch_added()?;
+        }
+        Ok(())
+    }
+
     fn end_round(&mut self, summary: &RoundSummary) -> Result<(), SinkError> {
         self.check_fault()?;
         let round = self.in_round()?;

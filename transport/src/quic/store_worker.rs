@@ -138,6 +138,11 @@ impl Worker {
                 digest.add_zero(run.run.vaddr, run.run.nr_pages);
                 self.store.put_zero(run.round, run.pagemap, run.run)?
             }
+            RunContent::Discard => {
+                // Not a page of the round: no digest, no count.
+                self.store.discard(run.round, run.pagemap, run.run)?;
+                return Ok(());
+            }
         }
         self.received += run.run.nr_pages;
         if let Some(&announced) = self.announced.get(&run.round) {

@@ -41,6 +41,9 @@ pub enum Encoding {
     Raw = 1,
     /// One LZ4 block that decompresses to exactly the run's pages.
     Lz4 = 2,
+    /// The pages no longer exist at the source (unmapped): the receiver drops them. No payload;
+    /// not counted among the round's pages.
+    Discard = 3,
 }
 
 impl Encoding {
@@ -50,6 +53,7 @@ impl Encoding {
             0 => Ok(Encoding::Zero),
             1 => Ok(Encoding::Raw),
             2 => Ok(Encoding::Lz4),
+            3 => Ok(Encoding::Discard),
             encoding => Err(WireError::UnknownEncoding { encoding }),
         }
     }
@@ -61,6 +65,7 @@ impl fmt::Display for Encoding {
             Encoding::Zero => "zero",
             Encoding::Raw => "raw",
             Encoding::Lz4 => "lz4",
+            Encoding::Discard => "discard",
         })
     }
 }
@@ -194,7 +199,7 @@ impl DataLimits {
             return Err(WireError::RunWraps { vaddr, nr_pages });
         }
         let needed = match h.encoding {
-            Encoding::Zero => None,
+            Encoding::Zero | Encoding::Discard => None,
             Encoding::Raw => Some(Codecs::RAW),
             Encoding::Lz4 => Some(Codecs::LZ4),
         };
@@ -205,6 +210,7 @@ impl DataLimits {
         let bad = |rule| Err(WireError::BadPayloadLen { encoding: h.encoding, got, run_bytes, rule });
         match h.encoding {
             Encoding::Zero if got != 0 => bad("a zero run has no payload"),
+            Encoding::Discard if got != 0 => bad("a discard has no payload"),
             Encoding::Raw if got != run_bytes => bad("must equal the run"),
             Encoding::Lz4 if got == 0 || got > run_bytes => bad("must be 1 ..= the run"),
             _ => Ok(()),
@@ -219,6 +225,8 @@ pub enum RunContent {
     Data(Bytes),
     /// All zero.
     Zero,
+    /// Gone at the source: drop them.
+    Discard,
 }
 
 /// One decoded Run frame.
@@ -347,6 +355,19 @@ impl RunEncoder {
         self.limits.check(&h)?;
         Ok(Self::put_frame(out, &h, &[]))
     }
+
+    /// Appends a Discard frame for `run` (pages unmapped at the source); returns its length.
+    pub fn encode_discard_into(
+        &mut self,
+        round: u32,
+        pagemap: PagemapId,
+        run: PageRun,
+        out: &mut BytesMut,
+    ) -> Result<usize, WireError> {
+        let h = RunHeader { encoding: Encoding::Discard, ..self.header(round, pagemap, run)? };
+        self.limits.check(&h)?;
+        Ok(Self::put_frame(out, &h, &[]))
+    }
 }
 
 /// Streaming decoder of one data stream. Poisoned by its first error.
@@ -416,6 +437,7 @@ impl DataDecoder {
         let run = h.run();
         let content = match h.encoding {
             Encoding::Zero => RunContent::Zero,
+            Encoding::Discard => RunContent::Discard,
             Encoding::Raw => RunContent::Data(payload),
             Encoding::Lz4 => {
                 RunContent::Data(self.decompress(h.vaddr, run.len_bytes(self.limits.page_size), &payload)?)
