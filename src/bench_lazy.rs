@@ -4,8 +4,9 @@
 //! `pagestream-lazy-restorer` (next to this executable) reading every byte back with `--threads`
 //! threads. `local` reads the images directly (the userfaultfd floor); `quic` serves them from a
 //! `serve-lazy` source in this process over QUIC loopback with mutual TLS (urgent fault stream,
-//! background push). Reports the fault service latency p50/p99/max, faults vs pushed pages and
-//! pages/s to full residency, per mode, and QUIC's ratios to the local floor.
+//! background push), twice: the second time with the first restore's working set pushed first
+//! (`quic+ws`). Reports the fault service latency p50/p99/max, faults vs pushed pages and pages/s
+//! to full residency, per mode, and QUIC's ratios to the local floor.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use pagestream_engine::criu::{ImageDir, ImageDirWriter, PageFlags, PagemapId};
 use pagestream_engine::lazy::{
-    self, source::lazy_ranges_of, HandoffClient, HandoffListener, ImageSource, LazySummary, PageSource,
+    self, source::lazy_ranges_of, HandoffClient, HandoffListener, ImageSource, LazySummary, PageSource, WorkingSet,
 };
 use pagestream_engine::page_size;
 use pagestream_transport::lazy::{LazyServer, RemoteConfig, RemotePageSource, RemoteStats};
@@ -84,6 +85,8 @@ struct Measured {
     summary: LazySummary,
     remote: Option<RemoteStats>,
     total_ms: f64,
+    /// What the restore faulted on (pushed first by the `quic+ws` run).
+    working_set: WorkingSet,
 }
 
 impl Measured {
@@ -104,7 +107,7 @@ fn restore_once(
     work: &Path,
     threads: usize,
     source: &mut (dyn PageSource + Send),
-) -> Result<(LazySummary, f64)> {
+) -> Result<(LazySummary, WorkingSet, f64)> {
     let ps = page_size();
     let listener = HandoffListener::bind(work)?;
     let plan = ImageDir::open(images, ps)?;
@@ -132,23 +135,27 @@ fn restore_once(
         bail!("the restorer failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let stats = stats.context("the daemon failed")?;
-    Ok((stats.summary(), started.elapsed().as_secs_f64() * 1000.0))
+    Ok((stats.summary(), stats.working_set.clone(), started.elapsed().as_secs_f64() * 1000.0))
 }
 
 fn local(restorer: &Path, images: &Path, work: &Path, threads: usize) -> Result<Measured> {
     let mut source = ImageSource::open(images, None, page_size())?;
-    let (summary, total_ms) = restore_once(restorer, images, work, threads, &mut source)?;
-    Ok(Measured { mode: "local", summary, remote: None, total_ms })
+    let (summary, _, total_ms) = restore_once(restorer, images, work, threads, &mut source)?;
+    Ok(Measured { mode: "local", summary, remote: None, total_ms, working_set: WorkingSet::default() })
 }
 
-fn quic(restorer: &Path, images: &Path, work: &Path, threads: usize) -> Result<Measured> {
+/// A restore over QUIC loopback; with `first`, the source pushes that working set first.
+fn quic(restorer: &Path, images: &Path, work: &Path, threads: usize, first: Option<&WorkingSet>) -> Result<Measured> {
     let certs = make_dev_certs(&work.join("certs"), &[])?;
     let tls = |side: &str| TlsFiles {
         cacert: certs.dir.join("cacert.pem"),
         cert: certs.dir.join(format!("{side}-cert.pem")),
         key: certs.dir.join(format!("{side}-key.pem")),
     };
-    let server = LazyServer::bind("127.0.0.1:0".parse()?, &Security::MutualTls(tls("server")), images, true)?;
+    let mut server = LazyServer::bind("127.0.0.1:0".parse()?, &Security::MutualTls(tls("server")), images, true)?;
+    if let Some(ws) = first {
+        server.push_first(ws);
+    }
     let addr = server.local_addr();
     std::thread::scope(|s| -> Result<Measured> {
         let serving = s.spawn(|| server.serve(Some(1), |_| {}));
@@ -156,9 +163,10 @@ fn quic(restorer: &Path, images: &Path, work: &Path, threads: usize) -> Result<M
         let mut source = RemotePageSource::connect(addr, cfg, page_size())?;
         let result = restore_once(restorer, images, work, threads, &mut source);
         let remote = source.finish();
-        let (summary, total_ms) = result?;
+        let (summary, working_set, total_ms) = result?;
         serving.join().map_err(|_| anyhow::anyhow!("the source thread panicked"))??;
-        Ok(Measured { mode: "quic", summary, remote: Some(remote), total_ms })
+        let mode = if first.is_some() { "quic+ws" } else { "quic" };
+        Ok(Measured { mode, summary, remote: Some(remote), total_ms, working_set })
     })
 }
 
@@ -181,7 +189,13 @@ pub fn run(args: &BenchLazyArgs) -> Result<()> {
     if args.over != Over::Local {
         let work = tmp.path().join("quic");
         std::fs::create_dir(&work)?;
-        runs.push(quic(&restorer, &images, &work, args.threads)?);
+        let first = quic(&restorer, &images, &work, args.threads, None)?;
+        // The same restore again, its predecessor's working set pushed first.
+        let work = tmp.path().join("quic-ws");
+        std::fs::create_dir(&work)?;
+        let again = quic(&restorer, &images, &work, args.threads, Some(&first.working_set))?;
+        runs.push(first);
+        runs.push(again);
     }
     if args.json {
         let per_mode: Vec<_> = runs
@@ -199,7 +213,7 @@ pub fn run(args: &BenchLazyArgs) -> Result<()> {
     for m in &runs {
         let s = &m.summary;
         println!(
-            "{:>5}: lazy restore of {} MiB, {} thread(s): {} faults, service p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            "{:>7}: lazy restore of {} MiB, {} thread(s): {} faults, service p50 {:.1} us, p99 {:.1} us, max {:.1} us",
             m.mode,
             args.size >> 20,
             args.threads,
@@ -222,13 +236,16 @@ pub fn run(args: &BenchLazyArgs) -> Result<()> {
             );
         }
     }
-    if let [l, q] = &runs[..] {
-        println!(
-            "quic / local: p50 {:.2}x, p99 {:.2}x, pages/s {:.2}x",
-            q.summary.fault_latency_p50_us / l.summary.fault_latency_p50_us.max(f64::MIN_POSITIVE),
-            q.summary.fault_latency_p99_us / l.summary.fault_latency_p99_us.max(f64::MIN_POSITIVE),
-            q.pages_per_s() / l.pages_per_s().max(f64::MIN_POSITIVE)
-        );
+    if let Some(l) = runs.iter().find(|m| m.mode == "local") {
+        for q in runs.iter().filter(|m| m.mode != "local") {
+            println!(
+                "{} / local: p50 {:.2}x, p99 {:.2}x, pages/s {:.2}x",
+                q.mode,
+                q.summary.fault_latency_p50_us / l.summary.fault_latency_p50_us.max(f64::MIN_POSITIVE),
+                q.summary.fault_latency_p99_us / l.summary.fault_latency_p99_us.max(f64::MIN_POSITIVE),
+                q.pages_per_s() / l.pages_per_s().max(f64::MIN_POSITIVE)
+            );
+        }
     }
     Ok(())
 }

@@ -133,8 +133,8 @@ fn unknown_kind_and_encoding_bytes() {
     wire[5 + 4] = 7; // pagemap kind
     assert_eq!(data_err(limits(), wire), WireError::UnknownPagemapKind { kind: 7 });
     let mut wire = headers_only(&header(1, Encoding::Zero, 0), 30);
-    wire[5 + 25] = 3; // encoding
-    assert_eq!(data_err(limits(), wire), WireError::UnknownEncoding { encoding: 3 });
+    wire[5 + 25] = 4; // encoding (0 zero, 1 raw, 2 lz4, 3 discard)
+    assert_eq!(data_err(limits(), wire), WireError::UnknownEncoding { encoding: 4 });
 }
 
 #[test]
