@@ -203,7 +203,12 @@ impl TaskUffd {
             return Ok(false);
         }
         let ps = source.page_size();
-        let Some(e) = self.lazy.next_from(self.push_cursor) else { return Ok(false) };
+        // Prefer pages the source already holds (a network push ahead of us); else the cursor.
+        let ready = source
+            .next_ready(self.pagemap)
+            .and_then(|src| self.lazy.lookup(src).filter(|e| e.src_of(src) == src).map(|_| src));
+        let from = ready.unwrap_or(self.push_cursor);
+        let Some(e) = self.lazy.next_from(from) else { return Ok(false) };
         let end = e.end.min(e.start + PUSH_BATCH_PAGES * ps);
         self.push_cursor = end;
         let piece = LazyExtent { start: e.start, end, src: e.src };

@@ -36,6 +36,13 @@ pub trait PageSource {
     /// and sets `zero[i]` for each page that is zero (absent in the images, or known zero); the
     /// bytes of such pages in `out` are unspecified.
     fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError>;
+
+    /// A dump-time address of pagemap `id` whose page the source can supply at once (already
+    /// received from a network source's push), so the background push installs that before what
+    /// would need a round trip. `None`: no preference (local sources).
+    fn next_ready(&mut self, _id: PagemapId) -> Option<u64> {
+        None
+    }
 }
 
 /// Pages from a local image directory and its parents: `Data` becomes bytes, `Absent` zero,

@@ -87,7 +87,7 @@ pub struct RemoteStats {
 
 #[derive(Default)]
 struct CacheInner {
-    pages: HashMap<(PagemapId, u64), Bytes>,
+    pages: std::collections::BTreeMap<(PagemapId, u64), Bytes>,
     bytes: usize,
     served: HashMap<PagemapId, PageRunSet>,
     received: u64,
@@ -376,6 +376,11 @@ async fn push_reader(mut recv: RecvStream, cache: Arc<Mutex<CacheInner>>, ps: u6
 impl PageSource for RemotePageSource {
     fn page_size(&self) -> u64 {
         self.page_size
+    }
+
+    fn next_ready(&mut self, id: PagemapId) -> Option<u64> {
+        let c = self.cache.lock().ok()?;
+        c.pages.range((id, 0)..=(id, u64::MAX)).next().map(|((_, addr), _)| *addr)
     }
 
     fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError> {
