@@ -31,7 +31,7 @@ use super::error::TransportError;
 use super::sender_config::SenderConfig;
 use super::sender_streams::{handshake, session_id, Connected, DataLanes, PushError};
 use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_DONE, CLOSE_PROTOCOL};
-use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport};
+use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport, WireError};
 
 /// Frames gathered before they are handed to a data stream together (at most the window).
 pub const BATCH_BYTES: usize = 256 << 10;
@@ -260,6 +260,31 @@ impl QuicSink {
         Ok(())
     }
 
+    /// Frames `run` of `id` in pieces with `encode`, for the frames without payload (zero runs,
+    /// discards).
+    fn queue_without_payload(
+        &mut self,
+        id: PagemapId,
+        run: PageRun,
+        encode: fn(&mut RunEncoder, u32, PagemapId, PageRun, &mut BytesMut) -> Result<usize, WireError>,
+    ) -> Result<(), SinkError> {
+        self.check_fault()?;
+        let round = self.in_round()?;
+        let ps = self.page_size;
+        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
+            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
+        }
+        let max = u64::from(self.encoder.limits().max_run_pages());
+        for piece in run.chunks(max, ps) {
+            self.batch_room(self.encoder.max_frame_len(0))?;
+            if let Err(e) = encode(&mut self.encoder, round, id, piece, &mut self.batch) {
+                return Err(self.fail(e.into()));
+            }
+            self.batch_added()?;
+        }
+        Ok(())
+    }
+
     /// Queues the gathered frames (blocking while the window is full).
     fn flush_batch(&mut self) -> Result<(), SinkError> {
         if self.batch.is_empty() {
@@ -357,20 +382,7 @@ impl PageSink for QuicSink {
     }
 
     fn send_zero(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
-        self.check_fault()?;
-        let round = self.in_round()?;
-        let ps = self.page_size;
-        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
-            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
-        }
-        let max = u64::from(self.encoder.limits().max_run_pages());
-        for piece in run.chunks(max, ps) {
-            self.batch_room(self.encoder.max_frame_len(0))?;
-            if let Err(e) = self.encoder.encode_zero_into(round, id, piece, &mut self.batch) {
-                return Err(self.fail(e.into()));
-            }
-            self.batch_added()?;
-        }
+        self.queue_without_payload(id, run, RunEncoder::encode_zero_into)?;
         self.digest.add_zero(run.vaddr, run.nr_pages);
         self.round_zero += run.nr_pages;
         self.total_pages += run.nr_pages;
@@ -379,21 +391,8 @@ impl PageSink for QuicSink {
     }
 
     fn discard(&mut self, id: PagemapId, run: PageRun) -> Result<(), SinkError> {
-        self.check_fault()?;
-        let round = self.in_round()?;
-        let ps = self.page_size;
-        if PageRun::checked(run.vaddr, run.nr_pages, ps).is_none() {
-            return Err(SinkError::Transport(format!("{run:?} is not page aligned, empty or wraps")));
-        }
-        let max = u64::from(self.encoder.limits().max_run_pages());
-        for piece in run.chunks(max, ps) {
-            self.batch_room(self.encoder.max_frame_len(0))?;
-            if let Err(e) = self.encoder.encode_discard_into(round, id, piece, &mut self.batch) {
-                return Err(self.fail(e.into()));
-            }
-            self.batch_added()?;
-        }
-        Ok(())
+        // Not a page of the round: not counted, not in the digest.
+        self.queue_without_payload(id, run, RunEncoder::encode_discard_into)
     }
 
     fn end_round(&mut self, summary: &RoundSummary) -> Result<(), SinkError> {
