@@ -37,6 +37,21 @@ pub trait PageSource {
     /// bytes of such pages in `out` are unspecified.
     fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError>;
 
+    /// The bytes of `run` of pagemap `id`, zero pages as zeros (for sources that re-serve pages).
+    fn read_run_bytes(&mut self, id: PagemapId, run: PageRun) -> Result<Vec<u8>, SourceError> {
+        let ps = self.page_size() as usize;
+        let n = run.nr_pages as usize;
+        let mut data = vec![0u8; n * ps];
+        let mut zero = vec![false; n];
+        self.read_run(id, run, &mut data, &mut zero)?;
+        for (page, z) in data.chunks_exact_mut(ps).zip(zero) {
+            if z {
+                page.fill(0);
+            }
+        }
+        Ok(data)
+    }
+
     /// A dump-time address of pagemap `id` whose page the source can supply at once (already
     /// received from a network source's push), so the background push installs that before what
     /// would need a round trip. `None`: no preference (local sources).

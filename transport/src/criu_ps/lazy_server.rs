@@ -100,17 +100,9 @@ fn answer_get(
     let run = PageRun::checked(vaddr, nr_pages, ps)
         .filter(|r| r.nr_pages <= 1 << 20)
         .ok_or_else(|| refused(format!("GET of {nr_pages} pages at {vaddr:#x}: not a valid run")))?;
-    let n = run.nr_pages as usize;
-    let mut data = vec![0u8; n * ps as usize];
-    let mut zero = vec![false; n];
-    source
-        .read_run(PagemapId::Task(pid), run, &mut data, &mut zero)
+    let data = source
+        .read_run_bytes(PagemapId::Task(pid), run)
         .map_err(|e| refused(format!("GET pid {pid} {vaddr:#x}+{nr_pages}: {e}")))?;
-    for (page, z) in data.chunks_exact_mut(ps as usize).zip(zero) {
-        if z {
-            page.fill(0);
-        }
-    }
     encode_reply(&Reply::Get { pid, vaddr, nr_pages }, layout, ps, out).map_err(|e| refused(e.to_string()))?;
     out.extend_from_slice(&data);
     Ok(())

@@ -82,23 +82,13 @@ pub struct LazyServer {
 impl LazyServer {
     /// Serves the lazy pages of image directory `dir` on `listen` (UDP).
     pub fn bind(listen: SocketAddr, security: &Security, dir: &Path, lz4: bool) -> Result<LazyServer, TransportError> {
-        LazyServer::bind_with(listen, security, dir, lz4, true)
+        LazyServer::bind_source(listen, security, dir, None, lz4, true)
     }
 
-    /// [`bind`](Self::bind); `push: false` serves faults only (no background push: for links
-    /// too thin to share, or to measure the fault path alone).
-    pub fn bind_with(
-        listen: SocketAddr,
-        security: &Security,
-        dir: &Path,
-        lz4: bool,
-        push: bool,
-    ) -> Result<LazyServer, TransportError> {
-        LazyServer::bind_source(listen, security, dir, None, lz4, push)
-    }
-
-    /// As [`bind_with`](Self::bind_with), with the pages' data from `data` instead of `dir`
-    /// (e.g. CRIU's lazy page server); `dir`'s pagemaps still say which pages are lazy.
+    /// As [`bind`](Self::bind), with the pages' data from `data` instead of `dir` (e.g. CRIU's
+    /// lazy page server) when given; `dir`'s pagemaps still say which pages are lazy. `push:
+    /// false` serves faults only (no background push: for links too thin to share, or to
+    /// measure the fault path alone).
     pub fn bind_source(
         listen: SocketAddr,
         security: &Security,
@@ -350,17 +340,8 @@ fn session_for(shared: &Shared, session: u64) -> Result<Arc<Mutex<SessionState>>
 
 /// The pages of `run` (zero where the images hold none).
 fn read_pages(shared: &Shared, id: PagemapId, run: PageRun) -> Result<Bytes, String> {
-    let n = run.nr_pages as usize;
-    let mut data = vec![0u8; n * shared.page_size as usize];
-    let mut zero = vec![false; n];
     let mut images = shared.images.lock().map_err(|_| "image source poisoned")?;
-    images.read_run(id, run, &mut data, &mut zero).map_err(|e| e.to_string())?;
-    for (page, z) in data.chunks_exact_mut(shared.page_size as usize).zip(zero) {
-        if z {
-            page.fill(0);
-        }
-    }
-    Ok(Bytes::from(data))
+    images.read_run_bytes(id, run).map(Bytes::from).map_err(|e| e.to_string())
 }
 
 /// Takes the next unsent run (at most [`MAX_RUN_PAGES`]) from the cursor on: the rest of the
