@@ -267,17 +267,7 @@ impl RelaySource {
         s.summary.wire_bytes = relay.bytes_out;
         s.summary.layout = decoder.layout();
         if let Err(e) = &result {
-            self.rt.block_on(async {
-                let abort = RelayFrame::Abort { reason: bounded_reason(&e.to_string()) };
-                let _ = tokio::time::timeout(ABORT_WAIT, async {
-                    if relay.send(&abort).await.is_ok() {
-                        relay.finish();
-                        // The destination answers Failed (or closes); either way it has let go.
-                        let _ = relay.recv().await;
-                    }
-                })
-                .await;
-            });
+            self.send_abort(&mut relay, &e.to_string());
         }
         s.summary.session = result?.unwrap_or_default();
         if !hold {
@@ -287,6 +277,22 @@ impl RelaySource {
             s.summary.warning = wait_for_eof(sock, &mut decoder, self.cfg.close_wait);
         }
         Ok((s.summary, hold.then_some(relay)))
+    }
+
+    /// Tells the destination the session is given up (best effort, at most [`ABORT_WAIT`]) and
+    /// waits for its last word.
+    fn send_abort(&self, relay: &mut FrameStream, reason: &str) {
+        let abort = RelayFrame::Abort { reason: bounded_reason(reason) };
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(ABORT_WAIT, async {
+                if relay.send(&abort).await.is_ok() {
+                    relay.finish();
+                    // The destination answers Failed (or closes); either way it has let go.
+                    let _ = relay.recv().await;
+                }
+            })
+            .await;
+        });
     }
 
     /// The relay loop; returns the destination's session number once it committed (`None`: the
@@ -434,17 +440,7 @@ impl HeldDump<'_> {
 
     fn abort_with(&mut self, reason: &str) {
         self.done = true;
-        let abort = RelayFrame::Abort { reason: bounded_reason(reason) };
-        let relay = &mut self.relay;
-        self.source.rt.block_on(async {
-            let _ = tokio::time::timeout(ABORT_WAIT, async {
-                if relay.send(&abort).await.is_ok() {
-                    relay.finish();
-                    let _ = relay.recv().await;
-                }
-            })
-            .await;
-        });
+        self.source.send_abort(&mut self.relay, reason);
         close(&self.conn, CLOSE_ABORT, reason);
     }
 }
