@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::frame::{LazyDecoder, LazyEncoder, LazyFrame, LAZY_VERSION};
 use super::server::URGENT_PRIORITY;
+use super::stream::FrameReader;
 use super::LAZY_ALPN;
 use crate::quic::endpoint::{client_bind_addr, client_transport_config, make_endpoint, runtime};
 use crate::quic::tls::client_crypto;
@@ -97,9 +98,7 @@ struct CacheInner {
 struct Link {
     conn: Connection,
     send: SendStream,
-    recv: RecvStream,
-    dec: LazyDecoder,
-    buf: BytesMut,
+    frames: FrameReader,
     push: JoinHandle<()>,
 }
 
@@ -231,11 +230,11 @@ impl RemotePageSource {
                 .encode(&LazyFrame::Hello { version: LAZY_VERSION, page_size: ps, session }, &mut out)
                 .map_err(|e| e.to_string())?;
             send.write_all(&out).await.map_err(|e| e.to_string())?;
-            let dec = LazyDecoder::new(ps).map_err(|e| e.to_string())?;
+            let frames = FrameReader::new(recv, ps)?;
             let push = tokio::spawn(std::future::ready(()));
-            let mut link = Link { conn: conn.clone(), send, recv, dec, buf: BytesMut::new(), push };
+            let mut link = Link { conn: conn.clone(), send, frames, push };
             let welcome =
-                tokio::time::timeout(idle, next_frame(&mut link)).await.map_err(|_| "no Welcome".to_string())??;
+                tokio::time::timeout(idle, link.frames.next()).await.map_err(|_| "no Welcome".to_string())??;
             // The push stream shows up with its first bytes; the reader waits for it.
             link.push = tokio::spawn(async move {
                 if let Ok(push) = conn.accept_uni().await {
@@ -263,7 +262,7 @@ impl RemotePageSource {
         self.rt.block_on(async {
             link.send.write_all(&out).await.map_err(|e| Attempt::Link(e.to_string()))?;
             loop {
-                match next_frame(link).await.map_err(Attempt::Link)? {
+                match link.frames.next().await.map_err(Attempt::Link)? {
                     Some(LazyFrame::Pages { req: r, id: i, run: got, data }) if r == req && i == id && got == run => {
                         return Ok(data)
                     }
@@ -316,20 +315,6 @@ impl RemotePageSource {
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
-        }
-    }
-}
-
-/// The next frame of the urgent stream; `None` at its end.
-async fn next_frame(link: &mut Link) -> Result<Option<LazyFrame>, String> {
-    let mut chunk = [0u8; 64 << 10];
-    loop {
-        if let Some(frame) = link.dec.decode(&mut link.buf).map_err(|e| e.to_string())? {
-            return Ok(Some(frame));
-        }
-        match link.recv.read(&mut chunk).await.map_err(|e| e.to_string())? {
-            Some(n) => link.buf.extend_from_slice(&chunk[..n]),
-            None => return link.dec.finish().map(|()| None).map_err(|e| e.to_string()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Lazy (post-copy) restore over QUIC: the destination's lazy-pages daemon pulls faulted pages
 //! from a source that pushes all the others in the background.
 //!
-//! * [`frame`]: the sans-IO codec.
+//! * [`frame`]: the sans-IO codec; [`stream`]: frames read from a quinn stream.
 //! * [`server`]: [`LazyServer`] (`pagestream serve-lazy`), pages from an image directory.
 //! * [`client`]: [`RemotePageSource`], the engine's `PageSource` over QUIC (`pagestream
 //!   lazy-pages --from`), with reconnection.
@@ -18,6 +18,7 @@
 pub mod client;
 pub mod frame;
 pub mod server;
+pub mod stream;
 
 pub use client::{RemoteConfig, RemotePageSource, RemoteStats};
 pub use frame::{LazyDecoder, LazyEncoder, LazyFrame, LazyFrameError};

@@ -19,14 +19,14 @@ use bytes::{Bytes, BytesMut};
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::lazy::{ImageSource, PageSource};
 use pagestream_engine::{PageRun, PageRunSet};
-use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use quinn::{Endpoint, SendStream, VarInt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use super::frame::{LazyDecoder, LazyEncoder, LazyFrame, LAZY_VERSION, MAX_RUN_PAGES};
+use super::frame::{LazyEncoder, LazyFrame, LAZY_VERSION, MAX_RUN_PAGES};
+use super::stream::FrameReader;
 use super::LAZY_ALPN;
 use crate::quic::endpoint::{make_endpoint, runtime, transport_config, Side, DEFAULT_IDLE_TIMEOUT};
-use crate::quic::session::read_error;
 use crate::quic::tls::server_crypto;
 use crate::quic::{Security, TransportError};
 
@@ -218,24 +218,6 @@ impl Drop for LazyServer {
     }
 }
 
-/// Reads the next frame of `recv`; `None` at the end of the stream.
-async fn next_frame(
-    recv: &mut RecvStream,
-    dec: &mut LazyDecoder,
-    buf: &mut BytesMut,
-) -> Result<Option<LazyFrame>, String> {
-    let mut chunk = [0u8; 64 << 10];
-    loop {
-        if let Some(frame) = dec.decode(buf).map_err(|e| e.to_string())? {
-            return Ok(Some(frame));
-        }
-        match recv.read(&mut chunk).await.map_err(|e| read_error("urgent stream", e).to_string())? {
-            Some(n) => buf.extend_from_slice(&chunk[..n]),
-            None => return dec.finish().map(|()| None).map_err(|e| e.to_string()),
-        }
-    }
-}
-
 async fn write(send: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
     send.write_all(bytes).await.map_err(|e| e.to_string())
 }
@@ -243,12 +225,11 @@ async fn write(send: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
 /// One daemon's connection; `Some` once its session ended with Done.
 async fn connection(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Option<LazyServerReport>, String> {
     let ps = shared.page_size;
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let _ = send.set_priority(URGENT_PRIORITY);
-    let mut dec = LazyDecoder::new(ps).map_err(|e| e.to_string())?;
+    let mut frames = FrameReader::new(recv, ps)?;
     let mut enc = LazyEncoder::new(ps, shared.lz4);
-    let mut buf = BytesMut::new();
-    let state = match next_frame(&mut recv, &mut dec, &mut buf).await? {
+    let state = match frames.next().await? {
         Some(LazyFrame::Hello { version, page_size, session }) => {
             if version != LAZY_VERSION || page_size != ps {
                 return Err(format!(
@@ -274,7 +255,7 @@ async fn connection(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Opt
         tokio::spawn(std::future::ready(()))
     };
     let result = loop {
-        match next_frame(&mut recv, &mut dec, &mut buf).await {
+        match frames.next().await {
             Ok(Some(LazyFrame::Fetch { req, id, run })) => {
                 let frame = match read_pages(shared, id, run) {
                     Ok(data) => {
