@@ -97,15 +97,13 @@ impl TaskUffd {
         stats: &mut LazyStats,
         read_at: Instant,
     ) -> Result<Vec<TaskUffd>, HandlerError> {
-        let ps = source.page_size();
         let mut faults = Vec::new();
         let mut children = Vec::new();
         for ev in events {
             match ev {
                 UffdEvent::Pagefault { addr, .. } => faults.push(addr),
                 UffdEvent::Remove { start, end } | UffdEvent::Unmap { start, end } => {
-                    stats.pages_dropped +=
-                        self.lazy.take(start, end).iter().map(|e| (e.end - e.start) / ps).sum::<u64>();
+                    stats.pages_dropped += self.lazy.forget(start, end);
                 }
                 UffdEvent::Remap { from, to, len } => stats.pages_dropped += self.lazy.remap(from, to, len),
                 UffdEvent::Fork(uffd) => {
@@ -249,7 +247,7 @@ impl TaskUffd {
                 FillOutcome::Partial(bytes) => bytes / ps,
                 FillOutcome::Exists => {
                     stats.pages_already_present += 1;
-                    self.lazy.take(dst, dst + ps);
+                    self.lazy.forget(dst, dst + ps);
                     i += 1;
                     continue;
                 }
@@ -260,8 +258,7 @@ impl TaskUffd {
                     if outcome == Installed::Done {
                         // ENOENT: no longer mapped; forget the rest of the piece.
                         let end = piece.end;
-                        stats.pages_dropped +=
-                            self.lazy.take(dst, end).iter().map(|e| (e.end - e.start) / ps).sum::<u64>();
+                        stats.pages_dropped += self.lazy.forget(dst, end);
                     }
                     return Ok(outcome);
                 }
@@ -270,7 +267,7 @@ impl TaskUffd {
                 return Ok(Installed::Again);
             }
             let done_end = dst + done_pages * ps;
-            let installed: u64 = self.lazy.take(dst, done_end).iter().map(|e| (e.end - e.start) / ps).sum();
+            let installed = self.lazy.forget(dst, done_end);
             match cause {
                 InstallCause::Fault => {
                     stats.pages_faulted += installed;

@@ -51,7 +51,7 @@ impl LazyRanges {
         if start >= end {
             return;
         }
-        self.take(start, end);
+        self.forget(start, end);
         self.pages += (end - start) / self.page_size;
         self.extents.insert(start, LazyExtent { start, end, src });
     }
@@ -72,13 +72,28 @@ impl LazyRanges {
     /// Removes `[start, end)` and returns the pieces that were lazy there, in address order.
     pub fn take(&mut self, start: u64, end: u64) -> Vec<LazyExtent> {
         let mut out = Vec::new();
-        if start >= end {
-            return out;
-        }
-        let first = self.extents.range(..start).next_back().filter(|(_, e)| e.end > start).map(|(k, _)| *k);
-        let keys: Vec<u64> = first.into_iter().chain(self.extents.range(start..end).map(|(k, _)| *k)).collect();
-        for k in keys {
-            let Some(e) = self.extents.remove(&k) else { continue };
+        self.remove_range(start, end, |piece| out.push(piece));
+        out
+    }
+
+    /// Removes `[start, end)` and returns how many lazy pages were there (no allocation: the
+    /// fault and push paths call this for every install).
+    pub fn forget(&mut self, start: u64, end: u64) -> u64 {
+        let ps = self.page_size;
+        let mut pages = 0;
+        self.remove_range(start, end, |piece| pages += (piece.end - piece.start) / ps);
+        pages
+    }
+
+    /// Removes `[start, end)`, handing each piece that was lazy there to `piece`, in address order.
+    fn remove_range(&mut self, start: u64, end: u64, mut piece: impl FnMut(LazyExtent)) {
+        let mut at = start;
+        while at < end {
+            let overlapping = self.extents.range(..at).next_back().filter(|(_, e)| e.end > at).map(|(k, _)| *k);
+            let Some(key) = overlapping.or_else(|| self.extents.range(at..end).next().map(|(k, _)| *k)) else {
+                break;
+            };
+            let Some(e) = self.extents.remove(&key) else { break };
             let (s, t) = (e.start.max(start), e.end.min(end));
             if e.start < s {
                 self.extents.insert(e.start, LazyExtent { start: e.start, end: s, src: e.src });
@@ -87,9 +102,9 @@ impl LazyRanges {
                 self.extents.insert(t, LazyExtent { start: t, end: e.end, src: e.src_of(t) });
             }
             self.pages -= (t - s) / self.page_size;
-            out.push(LazyExtent { start: s, end: t, src: e.src_of(s) });
+            piece(LazyExtent { start: s, end: t, src: e.src_of(s) });
+            at = t;
         }
-        out
     }
 
     /// Applies `mremap(from, len) -> to`: the lazy pages of the old range move to the new one
@@ -97,7 +112,7 @@ impl LazyRanges {
     /// Returns the number of pages dropped at the destination.
     pub fn remap(&mut self, from: u64, to: u64, len: u64) -> u64 {
         let moved = self.take(from, from + len);
-        let dropped: u64 = self.take(to, to + len).iter().map(|e| (e.end - e.start) / self.page_size).sum();
+        let dropped = self.forget(to, to + len);
         for e in moved {
             self.insert(e.start - from + to, e.end - from + to, e.src);
         }
