@@ -70,7 +70,6 @@ pub struct QuicSink {
     round_zero: u64,
     /// The digest of the open round's pages (sent with RoundEnd).
     digest: RoundDigest,
-    total_pages: u64,
     stats: SinkStats,
     report: StatsReport,
     // Declared last: dropped after everything that lives on it.
@@ -132,7 +131,6 @@ impl QuicSink {
             round_data: 0,
             round_zero: 0,
             digest: RoundDigest::new(page_size),
-            total_pages: 0,
             stats: SinkStats::default(),
             report: StatsReport::default(),
             rt,
@@ -375,7 +373,6 @@ impl PageSink for QuicSink {
         }
         self.digest.add_pages(run.vaddr, data);
         self.round_data += run.nr_pages;
-        self.total_pages += run.nr_pages;
         self.stats.raw_bytes += data.len() as u64;
         self.report.data_pages += run.nr_pages;
         Ok(())
@@ -385,7 +382,6 @@ impl PageSink for QuicSink {
         self.queue_without_payload(id, run, RunEncoder::encode_zero_into)?;
         self.digest.add_zero(run.vaddr, run.nr_pages);
         self.round_zero += run.nr_pages;
-        self.total_pages += run.nr_pages;
         self.report.zero_pages += run.nr_pages;
         Ok(())
     }
@@ -437,7 +433,10 @@ impl PageSink for QuicSink {
         if let Err(e) = self.send_control(ControlFrame::Stats(self.report)) {
             return Err(self.fail(e));
         }
-        let frame = ControlFrame::Commit { final_round: self.last_round.unwrap_or(0), total_pages: self.total_pages };
+        let frame = ControlFrame::Commit {
+            final_round: self.last_round.unwrap_or(0),
+            total_pages: self.report.data_pages + self.report.zero_pages,
+        };
         match self.request(frame, "CommitAck", |f| matches!(f, ControlFrame::CommitAck { .. })) {
             Ok(ControlFrame::CommitAck { location, pages }) => {
                 self.state = State::Committed;

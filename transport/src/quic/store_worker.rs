@@ -32,8 +32,6 @@ pub struct Committed {
 
 /// Work for the store worker.
 pub enum StoreOp {
-    /// Store a decoded run.
-    Run(DataRun),
     /// Store decoded runs, in order.
     Runs(Vec<DataRun>),
     /// Answer, with the distinct pages held, once round `round` holds `pages` pages (data and
@@ -109,7 +107,6 @@ impl Worker {
 
     fn apply(&mut self, op: StoreOp) -> Result<(), TransportError> {
         match op {
-            StoreOp::Run(run) => self.put(run)?,
             StoreOp::Runs(runs) => {
                 for run in runs {
                     self.put(run)?;
