@@ -30,6 +30,9 @@ impl<S: PageSink> ProgressSink<S> {
 
     fn tick(&mut self, n: u64) {
         self.pages += n;
+        if self.bar.is_hidden() {
+            return; // --json or no terminal: no message to build on every call
+        }
         let st = self.inner.stats();
         self.bar.set_message(format!(
             "round {}: {} pages, {} on the wire",

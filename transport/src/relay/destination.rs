@@ -28,7 +28,8 @@ use crate::criu_ps::session_target::{SessionTarget, StagedSession};
 use crate::criu_ps::tcp_server::ServeTotals;
 use crate::criu_ps::ServerInput;
 use crate::quic::endpoint::{make_endpoint, runtime, Side, DEFAULT_IDLE_TIMEOUT};
-use crate::quic::session::{close, connection_error, CLOSE_ABORT, CLOSE_DONE, CLOSE_SHUTDOWN};
+use crate::quic::receiver_session::describe;
+use crate::quic::session::{close, CLOSE_ABORT, CLOSE_DONE, CLOSE_SHUTDOWN};
 use crate::quic::{Security, TransportError};
 use pagestream_engine::criu::session_dirs::{CommittedSession, SessionDirs};
 
@@ -281,14 +282,6 @@ fn check_begin(version: u32, page_size: u64, flags: u32, ours: u64) -> Result<()
         return Err(RelayError::Begin(format!("unknown Begin flags {flags:#x}")));
     }
     Ok(())
-}
-
-/// A lost connection in words.
-fn describe(err: &quinn::ConnectionError) -> String {
-    match connection_error(err) {
-        TransportError::ConnectionLost(m) | TransportError::Closed(m) => m,
-        other => other.to_string(),
-    }
 }
 
 impl Drop for RelayReceiver {
