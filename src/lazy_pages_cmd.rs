@@ -6,7 +6,6 @@
 //! and pushes every remaining lazy page after the restore's finish marker, then prints the totals
 //! (faults, fault service latency, pages faulted vs pushed, time to full residency).
 
-use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,12 +56,7 @@ pub fn run(args: &LazyPagesArgs) -> Result<()> {
     let mut local = None;
     let source: &mut dyn PageSource = match &args.from {
         Some(from) => {
-            let addr = from
-                .to_socket_addrs()
-                .with_context(|| format!("resolving {from}"))?
-                .next()
-                .ok_or_else(|| anyhow!("{from} resolves to no address"))?;
-            let host = from.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(from).to_string();
+            let (addr, host) = crate::send_cmd::resolve(from)?;
             let mut cfg = RemoteConfig::new(args.tls.security()?, args.tls_server_name.clone().unwrap_or(host));
             cfg.resume_timeout = Duration::try_from_secs_f64(args.resume_timeout)
                 .map_err(|_| anyhow!("--resume-timeout {} is not a duration", args.resume_timeout))?;

@@ -9,7 +9,7 @@
 //! The listening address defaults to loopback, `127.0.0.1:27027` (give CRIU the same `--address`
 //! and `--port`): CRIU's protocol has neither authentication nor encryption here.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,12 +125,7 @@ fn finish(totals: ServeTotals) -> Result<()> {
 
 /// `--to`: relays every session to the destination over QUIC.
 fn relay(args: &PageServerArgs, to: &str, cfg: &ServerConfig) -> Result<()> {
-    let dest = to
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {to}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{to} resolves to no address"))?;
-    let host = to.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(to).to_string();
+    let (dest, host) = crate::send_cmd::resolve(to)?;
     let mut rcfg = RelayConfig::new(args.tls.security()?, args.tls_server_name.clone().unwrap_or(host), cfg.page_size);
     rcfg.layout = cfg.layout;
     rcfg.sessions = cfg.sessions;

@@ -128,7 +128,8 @@ pub struct SendArgs {
     pub leave_running: bool,
 }
 
-fn resolve(to: &str) -> Result<(SocketAddr, String)> {
+/// `HOST:PORT` as its first address and the host name (for TLS).
+pub(crate) fn resolve(to: &str) -> Result<(SocketAddr, String)> {
     let addr = to
         .to_socket_addrs()
         .with_context(|| format!("resolving {to}"))?
