@@ -15,11 +15,11 @@ use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::sink::{CommitReceipt, PageSink, RoundSummary, SinkError, SinkStats};
 use pagestream_engine::PageRun;
 
+use super::reply_reader::{ReadFailure, ReplyReader};
 use super::{encode_command, ClientInput, DstId, HeaderLayout, PsCommand, Reply, ReplyDecoder, ReplyKind};
 
 /// How long the sink waits for one of the server's answers.
@@ -28,12 +28,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// A one-round [`PageSink`] into a real CRIU page server; see the module documentation.
 pub struct CriuPageServerSink {
     out: BufWriter<TcpStream>,
-    input: TcpStream,
+    input: ReplyReader,
     addr: SocketAddr,
     layout: HeaderLayout,
     page_size: u64,
-    replies: ReplyDecoder,
-    buf: BytesMut,
     /// Per opened pagemap: the end of its last entry.
     opened: HashMap<PagemapId, u64>,
     zeros: Vec<u8>,
@@ -57,12 +55,10 @@ impl CriuPageServerSink {
         let replies = ReplyDecoder::new(layout, page_size).map_err(|e| transport("page size", e))?;
         Ok(CriuPageServerSink {
             out: BufWriter::with_capacity(1 << 20, sock),
-            input,
+            input: ReplyReader::new(input, replies),
             addr,
             layout,
             page_size,
-            replies,
-            buf: BytesMut::new(),
             opened: HashMap::new(),
             zeros: Vec::new(),
             pages: 0,
@@ -86,20 +82,15 @@ impl CriuPageServerSink {
     /// Flushes and reads the answer of kind `kind`.
     fn answer(&mut self, kind: ReplyKind) -> Result<Reply, SinkError> {
         self.out.flush().map_err(|e| transport(&format!("writing to {}", self.addr), e))?;
-        self.replies.expect(kind);
-        let mut chunk = [0u8; 64];
-        loop {
-            match self.replies.decode(&mut self.buf) {
-                Ok(Some(ClientInput::Reply(reply))) => return Ok(reply),
-                Ok(Some(ClientInput::PageData(_))) => return Err(SinkError::Refused("page data in an answer".into())),
-                Ok(None) => {}
-                Err(e) => return Err(transport(&format!("answer from {}", self.addr), e)),
+        self.input.expect(kind);
+        match self.input.read_input() {
+            Ok(ClientInput::Reply(reply)) => Ok(reply),
+            Ok(ClientInput::PageData(_)) => Err(SinkError::Refused("page data in an answer".into())),
+            Err(ReadFailure::Protocol(e)) => Err(transport(&format!("answer from {}", self.addr), e)),
+            Err(ReadFailure::Io(e)) => Err(transport(&format!("reading from {}", self.addr), e)),
+            Err(ReadFailure::Closed) => {
+                Err(SinkError::Aborted(format!("{} closed the connection instead of answering", self.addr)))
             }
-            let n = self.input.read(&mut chunk).map_err(|e| transport(&format!("reading from {}", self.addr), e))?;
-            if n == 0 {
-                return Err(SinkError::Aborted(format!("{} closed the connection instead of answering", self.addr)));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -191,15 +182,15 @@ impl PageSink for CriuPageServerSink {
             other => return Err(SinkError::Refused(format!("{other:?} instead of the CLOSE status"))),
         }
         // As CRIU does: half-close and let the server close first.
-        let _ = self.input.shutdown(Shutdown::Write);
+        let _ = self.input.socket().shutdown(Shutdown::Write);
         let mut rest = [0u8; 16];
-        let _ = self.input.read(&mut rest);
+        let _ = (&mut self.input.socket()).read(&mut rest);
         Ok(CommitReceipt { location: format!("criu page-server at {}", self.addr), pages: self.pages })
     }
 
     fn abort(&mut self, _reason: &str) {
         // No CLOSE: the server sees the connection end mid-session and fails.
-        let _ = self.input.shutdown(Shutdown::Both);
+        let _ = self.input.socket().shutdown(Shutdown::Both);
     }
 
     fn stats(&self) -> SinkStats {

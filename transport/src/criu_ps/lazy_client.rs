@@ -7,16 +7,16 @@
 //! buffer), and the rest is asked for again. CRIU serves a page as often as it is asked (it
 //! `tee`s from its page pipes). Dropping the source sends CLOSE, which lets CRIU's dump finish.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::lazy::{PageSource, SourceError};
 use pagestream_engine::page::is_zero;
 use pagestream_engine::PageRun;
 
+use super::reply_reader::{ReadFailure, ReplyReader};
 use super::{encode_command, ClientInput, HeaderLayout, PsCommand, Reply, ReplyDecoder, ReplyKind};
 
 /// How long one answer may take.
@@ -24,12 +24,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A [`PageSource`] over CRIU's lazy page server; see the module documentation.
 pub struct CriuLazySource {
-    sock: TcpStream,
+    input: ReplyReader,
     addr: SocketAddr,
     layout: HeaderLayout,
     page_size: u64,
-    replies: ReplyDecoder,
-    buf: BytesMut,
     closed: bool,
 }
 
@@ -45,33 +43,27 @@ impl CriuLazySource {
         sock.set_nodelay(true).map_err(|e| other(format!("TCP_NODELAY: {e}")))?;
         sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| other(format!("socket timeout: {e}")))?;
         let replies = ReplyDecoder::new(layout, page_size).map_err(|e| other(e.to_string()))?;
-        Ok(CriuLazySource { sock, addr, layout, page_size, replies, buf: BytesMut::new(), closed: false })
+        Ok(CriuLazySource { input: ReplyReader::new(sock, replies), addr, layout, page_size, closed: false })
     }
 
     fn send(&mut self, command: PsCommand) -> Result<(), SourceError> {
         let mut out = Vec::with_capacity(32);
         encode_command(&command, self.layout, &mut out).map_err(|e| other(e.to_string()))?;
-        self.sock.write_all(&out).map_err(|e| other(format!("writing to {}: {e}", self.addr)))
+        (&mut self.input.socket()).write_all(&out).map_err(|e| other(format!("writing to {}: {e}", self.addr)))
     }
 
     fn next_input(&mut self) -> Result<ClientInput, SourceError> {
-        let mut chunk = vec![0u8; 256 << 10];
-        loop {
-            if let Some(input) = self.replies.decode(&mut self.buf).map_err(|e| other(format!("CRIU's answer: {e}")))? {
-                return Ok(input);
-            }
-            let n = self.sock.read(&mut chunk).map_err(|e| other(format!("reading from {}: {e}", self.addr)))?;
-            if n == 0 {
-                return Err(other(format!("CRIU's page server {} closed the connection", self.addr)));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        self.input.read_input().map_err(|failure| match failure {
+            ReadFailure::Protocol(e) => other(format!("CRIU's answer: {e}")),
+            ReadFailure::Io(e) => other(format!("reading from {}: {e}", self.addr)),
+            ReadFailure::Closed => other(format!("CRIU's page server {} closed the connection", self.addr)),
+        })
     }
 
     /// GETs `nr_pages` at `vaddr` of `pid` into `out`; returns how many pages CRIU sent (>= 1).
     fn get(&mut self, pid: u64, vaddr: u64, nr_pages: u64, out: &mut [u8]) -> Result<u64, SourceError> {
         self.send(PsCommand::Get { pid, vaddr, nr_pages })?;
-        self.replies.expect(ReplyKind::Get { pid, vaddr, nr_pages });
+        self.input.expect(ReplyKind::Get { pid, vaddr, nr_pages });
         let got = match self.next_input()? {
             ClientInput::Reply(Reply::Get { nr_pages: got, .. }) => got,
             other_input => return Err(other(format!("expected a GET answer, got {other_input:?}"))),
@@ -97,12 +89,12 @@ impl CriuLazySource {
         }
         self.closed = true;
         self.send(PsCommand::Close)?;
-        self.replies.expect(ReplyKind::Close);
+        self.input.expect(ReplyKind::Close);
         let result = match self.next_input()? {
             ClientInput::Reply(Reply::Close { .. }) => Ok(()),
             other_input => Err(other(format!("expected the CLOSE status, got {other_input:?}"))),
         };
-        let _ = self.sock.shutdown(Shutdown::Write);
+        let _ = self.input.socket().shutdown(Shutdown::Write);
         result
     }
 }
@@ -144,6 +136,8 @@ impl Drop for CriuLazySource {
 mod tests {
     use super::*;
     use crate::criu_ps::{encode_reply, CommandDecoder, LayoutChoice, ServerInput};
+    use bytes::BytesMut;
+    use std::io::Read;
     use std::net::TcpListener;
 
     const PS: u64 = 4096;

@@ -18,6 +18,7 @@
 //! * [`session`] — [`session::PageServerSession`], one dump session driving a
 //!   [`session_target::SessionTarget`] (locally: a numbered image directory).
 //! * [`lazy_client`] — [`lazy_client::CriuLazySource`], pages of `criu dump --lazy-pages` by GET.
+//! * [`reply_reader`] — [`reply_reader::ReplyReader`], the clients' blocking read loop.
 //! * [`lazy_server`] — GET sessions of `criu lazy-pages --page-server`, served from `DIR/last`.
 //! * [`tcp_server`] — a blocking TCP page server that CRIU's `--page-server` can dump to.
 //!
@@ -35,6 +36,7 @@ pub mod header;
 pub mod lazy_client;
 pub mod lazy_server;
 pub mod reply;
+pub mod reply_reader;
 pub mod server_decoder;
 pub mod session;
 pub mod session_target;
