@@ -93,7 +93,8 @@ impl ImageChain {
                         return Err(ImageError::file(&pm_path, ImageErrorKind::NoParent { vaddr, nr_pages }));
                     };
                     let covered = parent.pagemap(pm.id).is_some_and(|ppm| {
-                        covers(&ppm.pagemap.entries, vaddr, vaddr + nr_pages * level.page_size(), level.page_size())
+                        super::pagemap::first_uncovered(&ppm.pagemap.entries, vaddr, nr_pages, level.page_size())
+                            .is_none()
                     });
                     if !covered {
                         let parent = parent.path().join(pm.id.file_name());
@@ -143,20 +144,4 @@ impl ImageChain {
         }
         Ok(PageLookup::Absent)
     }
-}
-
-/// Whether the sorted, non-overlapping `entries` cover `[start, end)` without a gap.
-fn covers(entries: &[super::pagemap::PagemapEntry], start: u64, end: u64, ps: u64) -> bool {
-    let mut at = start;
-    let first = entries.partition_point(|e| e.vaddr + e.nr_pages * ps <= start);
-    for e in &entries[first..] {
-        if at >= end {
-            break;
-        }
-        if e.vaddr > at {
-            return false;
-        }
-        at = e.vaddr + e.nr_pages * ps;
-    }
-    at >= end
 }

@@ -126,6 +126,25 @@ impl Pagemap {
     }
 }
 
+/// CRIU's `check_pagehole_in_parent`: walks the parent's sorted, non-overlapping `entries` (of
+/// any flags) from `vaddr` and returns the first address of the `nr_pages` pages no entry covers.
+pub fn first_uncovered(entries: &[PagemapEntry], vaddr: u64, nr_pages: u64, page_size: u64) -> Option<u64> {
+    let end = vaddr.saturating_add(nr_pages.saturating_mul(page_size));
+    let entry_end = |e: &PagemapEntry| e.vaddr.saturating_add(e.nr_pages.saturating_mul(page_size));
+    let mut at = vaddr;
+    let mut next = entries.partition_point(|e| entry_end(e) <= at);
+    while at < end {
+        match entries.get(next) {
+            Some(e) if e.vaddr <= at => {
+                at = entry_end(e);
+                next += 1;
+            }
+            _ => return Some(at),
+        }
+    }
+    None
+}
+
 /// Checks one entry against CRIU's rules, given the end of the previous entry.
 pub fn check_entry(e: &PagemapEntry, prev_end: u64, page_size: u64) -> Result<(), ImageErrorKind> {
     let (vaddr, nr_pages) = (e.vaddr, e.nr_pages);

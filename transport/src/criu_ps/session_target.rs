@@ -7,6 +7,7 @@
 //! same trait with a remote destination behind it.
 
 use bytes::Bytes;
+pub use pagestream_engine::criu::pagemap::first_uncovered;
 use pagestream_engine::criu::session_dirs::{CommittedSession, SessionDirWriter};
 use pagestream_engine::criu::{PagemapEntry, PagemapId};
 
@@ -127,25 +128,6 @@ fn opened(
     id: PagemapId,
 ) -> Result<&mut pagestream_engine::criu::PagemapWriter, TargetError> {
     dir.writer().pagemap(id).ok_or_else(|| format!("{id} was never opened").into())
-}
-
-/// CRIU's `check_pagehole_in_parent`: walks the parent's sorted, non-overlapping `entries` (of
-/// any flags) from `vaddr` and returns the first address of the `nr_pages` pages no entry covers.
-pub fn first_uncovered(entries: &[PagemapEntry], vaddr: u64, nr_pages: u64, page_size: u64) -> Option<u64> {
-    let end = vaddr.saturating_add(nr_pages.saturating_mul(page_size));
-    let entry_end = |e: &PagemapEntry| e.vaddr.saturating_add(e.nr_pages.saturating_mul(page_size));
-    let mut at = vaddr;
-    let mut next = entries.partition_point(|e| entry_end(e) <= at);
-    while at < end {
-        match entries.get(next) {
-            Some(e) if e.vaddr <= at => {
-                at = entry_end(e);
-                next += 1;
-            }
-            _ => return Some(at),
-        }
-    }
-    None
 }
 
 #[cfg(test)]
