@@ -11,7 +11,7 @@ use pagestream::workload_client::{workload_next_to_me, Workload};
 use pagestream_engine::precopy::migrate;
 use pagestream_engine::precopy::verify::verify_image;
 use pagestream_engine::process::{FreezeMethod, Target};
-use pagestream_transport::quic::{make_dev_certs, QuicSink, Receiver, Security, SenderConfig};
+use pagestream_transport::quic::{make_dev_certs, QuicSink, Receiver, ReceiverConfig, Security, SenderConfig};
 use serde_json::json;
 
 use crate::progress_sink::ProgressSink;
@@ -30,6 +30,10 @@ pub struct DemoArgs {
     /// Keep the received image directory here (must not exist); default: a temporary one.
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
+    /// Have the receiver write one flat image directory at commit instead of a pre-dump chain
+    /// of background snapshots (to compare downtimes).
+    #[arg(long)]
+    pub flat_image: bool,
     #[command(flatten)]
     pub precopy: PreCopyArgs,
 }
@@ -43,7 +47,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         None => tmp.path().join("images"),
     };
     let certs = make_dev_certs(&tmp.path().join("certs"), &[])?;
-    let receiver = Receiver::bind(SocketAddr::from(([127, 0, 0, 1], 0)), Security::MutualTls(certs.server_tls()))?;
+    let mut cfg = ReceiverConfig::new(Security::MutualTls(certs.server_tls()));
+    cfg.snapshots = !args.flat_image;
+    let receiver = Receiver::bind_with(SocketAddr::from(([127, 0, 0, 1], 0)), cfg)?;
     let addr = receiver.local_addr();
     let recv_images = images.clone();
     let receiving = std::thread::spawn(move || receiver.serve_one(&recv_images, |_| {}));

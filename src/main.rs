@@ -58,6 +58,10 @@ enum Command {
         /// JSON lines instead of text.
         #[arg(long)]
         json: bool,
+        /// Write one flat image directory at commit instead of a pre-dump chain of background
+        /// snapshots (all pages are then written while the source is frozen: longer downtime).
+        #[arg(long)]
+        flat_image: bool,
         #[command(flatten)]
         criu: receive_criu_cmd::CriuSessionsArgs,
     },
@@ -205,7 +209,9 @@ fn main() -> ExitCode {
         Command::Receive { listen, images_dir, tls, criu, .. } if criu.criu_sessions => {
             receive_criu_cmd::run(listen, &images_dir, &tls, &criu)
         }
-        Command::Receive { listen, images_dir, tls, json, .. } => receive_cmd::run(listen, &images_dir, &tls, json),
+        Command::Receive { listen, images_dir, tls, json, flat_image, .. } => {
+            receive_cmd::run(listen, &images_dir, &tls, json, !flat_image)
+        }
         Command::Certs { dir, names } => certs_cmd(&dir, &names),
         Command::PageServer(args) => page_server_cmd::run(&args),
         Command::LazyPages(args) => lazy_pages_cmd::run(&args),

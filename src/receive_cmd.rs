@@ -7,14 +7,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pagestream_transport::quic::{Receiver, ReceiverEvent};
+use pagestream_transport::quic::{Receiver, ReceiverConfig, ReceiverEvent};
 use serde_json::json;
 
 use crate::tls_args::TlsArgs;
 
-/// Receives one migration into `images_dir`.
-pub fn run(listen: SocketAddr, images_dir: &Path, tls: &TlsArgs, as_json: bool) -> Result<()> {
-    let receiver = Receiver::bind(listen, tls.security()?).with_context(|| format!("listening on {listen}"))?;
+/// Receives one migration into `images_dir`; `snapshots`: see [`ReceiverConfig::snapshots`].
+pub fn run(listen: SocketAddr, images_dir: &Path, tls: &TlsArgs, as_json: bool, snapshots: bool) -> Result<()> {
+    let mut cfg = ReceiverConfig::new(tls.security()?);
+    cfg.snapshots = snapshots;
+    let receiver = Receiver::bind_with(listen, cfg).with_context(|| format!("listening on {listen}"))?;
     if !as_json {
         eprintln!("pagestream: receiving on {} into {}", receiver.local_addr(), images_dir.display());
     }

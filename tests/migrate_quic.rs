@@ -119,6 +119,8 @@ fn demo_keeps_images_that_verify_and_decode_with_crit() {
     let o = pagestream(&["demo", "--size", "16M", "--images-dir", images.to_str().unwrap()]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("verified: true"), "{}", stdout(&o));
+    let parent = std::fs::read_link(images.join("parent")).expect("a chain over the receiver's snapshots");
+    assert!(parent.to_string_lossy().starts_with("pre-"), "{parent:?}");
     let o = pagestream(&["image", "verify", images.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     if require_tool("crit", &["--help"]) {
@@ -128,7 +130,10 @@ fn demo_keeps_images_that_verify_and_decode_with_crit() {
             .find(|n| n.starts_with("pagemap-"))
             .expect("a pagemap image");
         let shown = common::crit(&images, &["show", &pagemap]);
-        assert!(shown.contains("\"pages_id\"") && shown.contains("PE_PRESENT"), "{shown}");
+        assert!(shown.contains("\"pages_id\"") && shown.contains("PE_"), "{shown}");
+        // The receiver's background snapshot of round 0 is the chain's base, inside the directory.
+        let shown = common::crit(&images.join("pre-1"), &["show", &pagemap]);
+        assert!(shown.contains("PE_PRESENT"), "{shown}");
     }
     // A second demo into the same directory is refused before anything runs.
     let o = pagestream(&["demo", "--size", "16M", "--images-dir", images.to_str().unwrap()]);

@@ -43,6 +43,10 @@ pub struct SinkStats {
     pub raw_bytes: u64,
     /// Bytes put on the wire (frames, headers and payloads).
     pub wire_bytes: u64,
+    /// The destination's estimate, as of the last acknowledged round, of how long its commit
+    /// would take beyond the final round's own pages (e.g. finishing a background image
+    /// write); `None` when it gives none.
+    pub commit_estimate: Option<std::time::Duration>,
 }
 
 /// A destination for pages. Calls come from one thread, in this order per round:

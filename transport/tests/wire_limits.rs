@@ -212,7 +212,7 @@ fn fixed_size_control_bodies() {
     for (ty, name, want) in [
         (0x10u8, "RoundBegin", 4),
         (0x11, "RoundEnd", 28),
-        (0x12, "RoundAck", 4),
+        (0x12, "RoundAck", 8),
         (0x13, "Commit", 12),
         (0x15, "Stats", 32),
     ] {

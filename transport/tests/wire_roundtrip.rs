@@ -37,7 +37,7 @@ fn control_frame() -> impl Strategy<Value = ControlFrame> {
         (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(round, data_pages, zero_pages, digest)| {
             ControlFrame::RoundEnd { round, data_pages, zero_pages, digest }
         }),
-        any::<u32>().prop_map(|round| ControlFrame::RoundAck { round }),
+        (any::<u32>(), any::<u32>()).prop_map(|(round, commit_ms)| ControlFrame::RoundAck { round, commit_ms }),
         (any::<u32>(), any::<u64>())
             .prop_map(|(final_round, total_pages)| ControlFrame::Commit { final_round, total_pages }),
         (text(), any::<u64>()).prop_map(|(location, pages)| ControlFrame::CommitAck { location, pages }),

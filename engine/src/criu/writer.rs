@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,6 +94,23 @@ impl PagemapWriter {
         self.owed -= len;
         self.hole_at_end = true;
         Ok(())
+    }
+
+    /// Bytes of the pages file laid out so far (data written and holes).
+    pub fn laid_out(&mut self) -> Result<u64, ImageError> {
+        self.pages.stream_position().map_err(|e| ImageError::io(&self.pages_path, e))
+    }
+
+    /// Writes `data` at byte `offset` of the pages file, inside what is already laid out (for
+    /// example as holes by [`write_zeros`](Self::write_zeros)): fills page data in any order.
+    pub fn write_data_at(&mut self, data: &[u8], offset: u64) -> Result<(), ImageError> {
+        let end = self.laid_out()?;
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > end) {
+            let msg = format!("{} bytes at {offset} lie beyond the {end} bytes laid out", data.len());
+            return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
+        }
+        self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.pages.get_ref().write_all_at(data, offset).map_err(|e| ImageError::io(&self.pages_path, e))
     }
 
     /// Appends a `PE_PRESENT` entry (plus `extra` flags such as `PE_LAZY`) with all its data.

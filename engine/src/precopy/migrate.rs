@@ -255,6 +255,7 @@ impl RoundSender<'_> {
             raw_bytes: rec.raw_bytes,
             wire_bytes: rec.wire_bytes,
             duration,
+            commit: after.commit_estimate,
         };
         Ok((rec, measure))
     }
@@ -317,6 +318,13 @@ fn migrate_inner(
             round += 1;
             match verdict {
                 Verdict::Continue => {}
+                Verdict::Wait(pause) => {
+                    tracing::debug!(round, ?pause, "the destination is still writing; another round after a pause");
+                    std::thread::sleep(pause);
+                    // What the process dirtied meanwhile joins the next round.
+                    layout = read_layout()?;
+                    dirty.union_with(&sender.tracker.collect(&layout)?);
+                }
                 Verdict::Stop(reason) => break reason,
             }
         }

@@ -2,9 +2,12 @@
 //!
 //! After each round the dirty set for the next one is known. Its transfer time is estimated as
 //! `dirty bytes x compression ratio / bandwidth`, both measured on the rounds so far (the last
-//! two rounds, weighted to the latest). Pre-copy stops when that estimate fits the downtime
-//! budget, when rounds stop shrinking (the process dirties memory as fast as we send it), at the
-//! round limit, or at the deadline.
+//! two rounds, weighted to the latest), plus what the destination says its commit would take
+//! beyond those pages (a background image write still going on). Pre-copy stops when that
+//! estimate fits the downtime budget, when rounds stop shrinking (the process dirties memory as
+//! fast as we send it), at the round limit, or at the deadline. When the pages would fit but
+//! the destination's commit would not, it waits a little and sends another round (shrinking is
+//! not judged then: the rounds are small anyway).
 
 use std::time::Duration;
 
@@ -30,6 +33,9 @@ pub enum StopReason {
 pub enum Verdict {
     /// Send another live round.
     Continue,
+    /// The last round would fit but the destination's commit would not yet: wait this long
+    /// (while it writes), then send another live round.
+    Wait(Duration),
     /// Freeze and send the final round.
     Stop(StopReason),
 }
@@ -45,6 +51,9 @@ pub struct RoundMeasure {
     pub wire_bytes: u64,
     /// How long the round took (read, compress, send, acknowledged).
     pub duration: Duration,
+    /// The destination's commit estimate once the round was acknowledged
+    /// ([`SinkStats::commit_estimate`](crate::sink::SinkStats::commit_estimate)).
+    pub commit: Option<Duration>,
 }
 
 /// The convergence policy.
@@ -65,6 +74,9 @@ impl Default for PreCopyPolicy {
         Self { downtime: Duration::from_millis(300), max_rounds: 30, deadline: None, shrink_factor: 0.9 }
     }
 }
+
+/// The longest [`Verdict::Wait`].
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
 impl PreCopyPolicy {
     /// Estimated time to send `pages` pages, from the measured rounds (`None` before any).
@@ -96,7 +108,9 @@ impl PreCopyPolicy {
         next_pages: u64,
         elapsed: Duration,
     ) -> (Verdict, Option<Duration>) {
-        let est = self.estimate(history, next_pages);
+        let transfer = self.estimate(history, next_pages);
+        let commit = history.last().and_then(|m| m.commit).unwrap_or_default();
+        let est = transfer.map(|t| t + commit);
         if est.is_some_and(|e| e <= self.downtime) {
             return (Verdict::Stop(StopReason::FitsDowntime), est);
         }
@@ -105,6 +119,11 @@ impl PreCopyPolicy {
         }
         if round + 1 >= self.max_rounds {
             return (Verdict::Stop(StopReason::MaxRounds), est);
+        }
+        if let Some(t) = transfer.filter(|t| *t <= self.downtime) {
+            // The pages fit; the destination's commit does not yet.
+            let over = (t + commit).saturating_sub(self.downtime);
+            return (Verdict::Wait(over.min(MAX_WAIT)), est);
         }
         // Round 0 carried everything; shrinking is judged from round 1 on.
         if history.len() >= 2 {
@@ -125,7 +144,36 @@ mod tests {
 
     fn m(pages: u64, ms: u64) -> RoundMeasure {
         // 50% compression
-        RoundMeasure { pages, raw_bytes: pages * PS, wire_bytes: pages * PS / 2, duration: Duration::from_millis(ms) }
+        RoundMeasure {
+            pages,
+            raw_bytes: pages * PS,
+            wire_bytes: pages * PS / 2,
+            duration: Duration::from_millis(ms),
+            commit: None,
+        }
+    }
+
+    #[test]
+    fn waits_while_the_destination_commit_would_not_fit() {
+        let p = PreCopyPolicy { downtime: Duration::from_millis(50), max_rounds: 5, ..Default::default() };
+        // 10 pages per ms: 400 pages take 40 ms; a 200 ms commit on top does not fit: wait (at
+        // most MAX_WAIT), even though the rounds stopped shrinking.
+        let slow = |ms| RoundMeasure { commit: Some(Duration::from_millis(ms)), ..m(5_000, 500) };
+        let h = [m(10_000, 1000), slow(200)];
+        let (v, est) = p.decide(&h, 1, 9_500, Duration::ZERO);
+        assert_eq!(v, Verdict::Stop(StopReason::NotShrinking), "the pages alone do not fit: {est:?}");
+        let (v, est) = p.decide(&h, 1, 400, Duration::ZERO);
+        assert_eq!(v, Verdict::Wait(MAX_WAIT));
+        let est = est.unwrap().as_secs_f64();
+        assert!((est - 0.24).abs() < 1e-6, "{est}");
+        let h = [m(10_000, 1000), slow(60)];
+        let (v, _) = p.decide(&h, 1, 400, Duration::ZERO);
+        assert!(matches!(v, Verdict::Wait(w) if (w.as_secs_f64() - 0.05).abs() < 1e-6), "{v:?}");
+        let h = [m(10_000, 1000), slow(5)];
+        assert_eq!(p.decide(&h, 1, 400, Duration::ZERO).0, Verdict::Stop(StopReason::FitsDowntime));
+        // The round limit still holds.
+        let h = [m(10_000, 1000), slow(200)];
+        assert_eq!(p.decide(&h, 4, 400, Duration::ZERO).0, Verdict::Stop(StopReason::MaxRounds));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`LocalSink`]: a [`PageSink`] straight into a [`PageStore`] on this host, committing to an
 //! image directory. For migrating to local disk, and for testing the pre-copy loop without a
-//! network.
+//! network. Each completed round may start a background snapshot, so the commit writes only
+//! what changed since (a pre-dump chain inside the directory).
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,8 @@ impl LocalSink {
     /// A sink that will commit to `dir` (which must not exist), staging next to it.
     pub fn new(dir: &Path, page_size: u64) -> Result<Self, SinkError> {
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let store = PageStore::new(parent, page_size).map_err(|e| SinkError::Refused(e.to_string()))?;
+        let mut store = PageStore::new(parent, page_size).map_err(|e| SinkError::Refused(e.to_string()))?;
+        store.enable_snapshots();
         Ok(Self { store, dir: dir.to_path_buf(), round: 0, stats: SinkStats::default(), aborted: false })
     }
 }
@@ -56,6 +58,9 @@ impl PageSink for LocalSink {
                 summary.data_pages + summary.zero_pages
             )));
         }
+        if let Err(e) = self.store.snapshot(summary.round) {
+            tracing::warn!(round = summary.round, "no background snapshot: {e}");
+        }
         Ok(())
     }
 
@@ -72,6 +77,6 @@ impl PageSink for LocalSink {
     }
 
     fn stats(&self) -> SinkStats {
-        self.stats
+        SinkStats { commit_estimate: self.store.commit_estimate(), ..self.stats }
     }
 }

@@ -1,8 +1,11 @@
 //! The destination side: [`PageStore`] stages the pages of a migration as they arrive (any
 //! order, any round, newest round wins) and on commit writes a CRIU image directory atomically.
 
+mod image_out;
 pub mod local_sink;
 pub mod page_store;
+pub mod snapshot;
 
 pub use local_sink::LocalSink;
 pub use page_store::{PageStore, StoreError};
+pub use snapshot::MAX_SNAPSHOTS;

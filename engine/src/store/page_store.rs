@@ -8,18 +8,30 @@
 //! staging space and become holes in `pages-<id>.img` (CRIU reads holes as zeros).
 //!
 //! New pages are gathered in a reused, page-aligned buffer and written in large pieces; where the
-//! file system allows it the staging file is opened `O_DIRECT`, so staged pages never take
+//! file system allows they are written `O_DIRECT`, so the bulk of staged pages never takes
 //! fresh page-cache memory (on this kind of virtual machine first-touching memory costs about
-//! 0.8 s per GiB, more than copying the pages). Reads see the pages still in the buffer.
+//! 0.8 s per GiB, more than copying the pages). Pages re-sent by later rounds are rewritten in
+//! place through a second, buffered descriptor of the same file (a synchronous disk write per
+//! page would slow every later round), and reads go through it too; reads see the pages still
+//! in the buffer. The kernel keeps the two coherent: an offset is written directly once, before
+//! any buffered access to it.
+//!
+//! With [`enable_snapshots`](PageStore::enable_snapshots), each completed round may start a
+//! background parent image ([`snapshot`](super::snapshot)) so that the commit, made while the
+//! source is frozen, writes only what changed since.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::criu::{ImageDirWriter, ImageError, PageFlags, PagemapEntry, PagemapId};
-use crate::PageRun;
+use super::image_out::{write_pages, Staged};
+use super::snapshot::{Snapshot, Snapshots};
+use crate::criu::{ImageDirWriter, ImageError, PagemapId};
+use crate::sys::aligned::AlignedBuf;
+use crate::{PageRun, PageRunSet};
 
 /// Why storing or committing failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +44,9 @@ pub enum StoreError {
     BadLength { run: PageRun, got: usize, want: u64 },
     #[error("run {0:?} is not page aligned or wraps")]
     BadRun(PageRun),
+    #[error("cancelled")]
+    Cancelled,
 }
-
-/// Pages copied from staging to the image per read at commit.
-const COPY_PAGES: usize = 256;
 
 /// Bytes of new pages gathered before one write to the staging file.
 const PENDING_BYTES: usize = 4 << 20;
@@ -43,29 +54,8 @@ const PENDING_BYTES: usize = 4 << 20;
 /// Alignment of buffers and offsets for `O_DIRECT` I/O.
 const DIRECT_ALIGN: usize = 4096;
 
-/// A zeroed buffer of `len` bytes whose start is aligned to [`DIRECT_ALIGN`].
-struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + DIRECT_ALIGN];
-        let misalign = raw.as_ptr() as usize % DIRECT_ALIGN;
-        let start = if misalign == 0 { 0 } else { DIRECT_ALIGN - misalign };
-        Self { raw, start, len }
-    }
-
-    fn get(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-
-    fn get_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
-    }
-}
+/// Fewer new bytes than this since the last snapshot are not worth another level of the chain.
+const MIN_SNAPSHOT_BYTES: u64 = 4 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Content {
@@ -85,6 +75,8 @@ struct Slot {
 pub struct PageStore {
     page_size: u64,
     staging: File,
+    /// The same file through a buffered descriptor: rewrites and reads.
+    cached: File,
     /// Logical length of the staging file, pages still in `pending` included.
     staging_len: u64,
     /// Whether `staging` is open with `O_DIRECT` (aligned buffers, offsets and lengths only).
@@ -93,10 +85,14 @@ pub struct PageStore {
     pending: AlignedBuf,
     pending_used: usize,
     pending_from: u64,
-    /// One aligned page, to rewrite a staged page with `O_DIRECT`.
-    one_page: AlignedBuf,
     index: BTreeMap<(PagemapId, u64), Slot>,
     per_round: HashMap<u32, u64>,
+    /// Bytes written to staging in large pieces and the time it took (a first guess of the
+    /// rate the commit writes at, before a snapshot has measured it).
+    staged_io: (u64, Duration),
+    /// Background parent images, when enabled.
+    snapshots: Option<Snapshots>,
+    staging_dir: PathBuf,
 }
 
 impl PageStore {
@@ -104,20 +100,84 @@ impl PageStore {
     pub fn new(staging_dir: &Path, page_size: u64) -> Result<Self, StoreError> {
         let staging = tempfile::tempfile_in(staging_dir)?;
         let ps = page_size as usize;
+        let cached = reopen(&staging)?;
         let direct = ps >= DIRECT_ALIGN && ps % DIRECT_ALIGN == 0 && set_direct(&staging, true);
         let pending_pages = (PENDING_BYTES / ps.max(1)).max(1);
         Ok(Self {
             page_size,
             staging,
+            cached,
             staging_len: 0,
             direct,
-            pending: AlignedBuf::new(pending_pages * ps),
+            pending: AlignedBuf::new(pending_pages * ps)?,
             pending_used: 0,
             pending_from: 0,
-            one_page: AlignedBuf::new(ps),
             index: BTreeMap::new(),
             per_round: HashMap::new(),
+            staged_io: (0, Duration::ZERO),
+            snapshots: None,
+            staging_dir: staging_dir.to_path_buf(),
         })
+    }
+
+    /// Lets [`snapshot`](Self::snapshot) write background parent images (in `staging_dir`, which
+    /// must be on the destination's file system); the commit then makes a pre-dump chain.
+    pub fn enable_snapshots(&mut self) {
+        if self.snapshots.is_none() {
+            self.snapshots = Some(Snapshots::new(&self.staging_dir, self.page_size));
+        }
+    }
+
+    /// Starts a background snapshot of every page whose newest round is `upto_round` or
+    /// earlier; call it once round `upto_round` and all before it are complete. Returns whether
+    /// one started: not when snapshots are off, one is still being written, the chain is at
+    /// its longest, or too little changed since the previous one.
+    pub fn snapshot(&mut self, upto_round: u32) -> Result<bool, StoreError> {
+        let Some(s) = self.snapshots.as_mut() else { return Ok(false) };
+        if !s.can_start() || s.newest().is_some_and(|n| n.upto_round >= upto_round) {
+            return Ok(false);
+        }
+        self.flush_pending()?;
+        let ps = self.page_size;
+        let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
+        let mut pages: HashMap<PagemapId, PageRunSet> = HashMap::new();
+        let mut plan = Vec::new();
+        let mut fresh = 0u64;
+        for (&(id, vaddr), slot) in self.index.iter().filter(|(_, s)| s.round <= upto_round) {
+            pages.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert_page(vaddr);
+            let staged = slot.staged_over(newest, id, vaddr);
+            fresh += u64::from(matches!(staged, Staged::Data(_)));
+            plan.push((id, vaddr, staged));
+        }
+        if fresh * ps < MIN_SNAPSHOT_BYTES {
+            return Ok(false);
+        }
+        let staging = self.cached.try_clone()?;
+        match self.snapshots.as_mut() {
+            Some(s) => s.start(upto_round, pages, plan, staging).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// How long a commit would take now beyond the final round's own pages: the page bytes not
+    /// in the newest finished snapshot at the rate snapshots are written (guessed from the
+    /// staging writes before one has made progress; `None` without snapshots or any guess). Senders fold it into their
+    /// downtime estimate.
+    pub fn commit_estimate(&self) -> Option<Duration> {
+        let snaps = self.snapshots.as_ref()?;
+        let newest = snaps.newest();
+        let backlog = self
+            .index
+            .iter()
+            .filter(|(&(id, vaddr), slot)| {
+                matches!(slot.content, Content::Data(_)) && !newest.is_some_and(|n| n.holds(id, vaddr, slot.round))
+            })
+            .count() as u64
+            * self.page_size;
+        // A commit reads each byte back and writes it again: half the staging write rate.
+        let (bytes, took) = self.staged_io;
+        let guess = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6) / 2.0);
+        snaps.estimate(backlog, guess)
     }
 
     /// Writes `data` at `off` of the staging file; if the file system refuses `O_DIRECT` I/O,
@@ -137,8 +197,10 @@ impl PageStore {
     /// Writes the gathered new pages to the staging file.
     fn flush_pending(&mut self) -> Result<(), StoreError> {
         if self.pending_used > 0 {
-            let data = &self.pending.get()[..self.pending_used];
+            let data = &self.pending.as_slice()[..self.pending_used];
+            let t0 = std::time::Instant::now();
             Self::write_staging(&self.staging, &mut self.direct, data, self.pending_from)?;
+            self.staged_io = (self.staged_io.0 + data.len() as u64, self.staged_io.1 + t0.elapsed());
             self.pending_from += self.pending_used as u64;
             self.pending_used = 0;
         }
@@ -147,11 +209,11 @@ impl PageStore {
 
     /// Appends one new page; returns its staging offset.
     fn append_page(&mut self, page: &[u8]) -> Result<u64, StoreError> {
-        if self.pending_used + page.len() > self.pending.len {
+        if self.pending_used + page.len() > self.pending.len() {
             self.flush_pending()?;
         }
         let off = self.pending_from + self.pending_used as u64;
-        self.pending.get_mut()[self.pending_used..self.pending_used + page.len()].copy_from_slice(page);
+        self.pending.as_mut_slice()[self.pending_used..self.pending_used + page.len()].copy_from_slice(page);
         self.pending_used += page.len();
         self.staging_len += page.len() as u64;
         Ok(off)
@@ -161,14 +223,10 @@ impl PageStore {
     fn rewrite_page(&mut self, page: &[u8], off: u64) -> Result<(), StoreError> {
         if off >= self.pending_from {
             let at = (off - self.pending_from) as usize;
-            self.pending.get_mut()[at..at + page.len()].copy_from_slice(page);
+            self.pending.as_mut_slice()[at..at + page.len()].copy_from_slice(page);
             return Ok(());
         }
-        if self.direct {
-            self.one_page.get_mut().copy_from_slice(page);
-            return Self::write_staging(&self.staging, &mut self.direct, self.one_page.get(), off);
-        }
-        Self::write_staging(&self.staging, &mut self.direct, page, off)
+        Ok(self.cached.write_all_at(page, off)?)
     }
 
     /// Reads staged bytes at `off` into `out` (`out` aligned and page-sized pieces when direct).
@@ -176,12 +234,12 @@ impl PageStore {
         let end = off + out.len() as u64;
         let in_file = end.min(self.pending_from).saturating_sub(off) as usize;
         if in_file > 0 {
-            self.staging.read_exact_at(&mut out[..in_file], off)?;
+            self.cached.read_exact_at(&mut out[..in_file], off)?;
         }
         if in_file < out.len() {
             let from = (off + in_file as u64 - self.pending_from) as usize;
             let n = out.len() - in_file;
-            out[in_file..].copy_from_slice(&self.pending.get()[from..from + n]);
+            out[in_file..].copy_from_slice(&self.pending.as_slice()[from..from + n]);
         }
         Ok(())
     }
@@ -274,87 +332,51 @@ impl PageStore {
             None => Ok(None),
             Some(Slot { content: Content::Zero, .. }) => Ok(Some(vec![0u8; self.page_size as usize])),
             Some(Slot { content: Content::Data(off), .. }) => {
-                let mut buf = AlignedBuf::new(self.page_size as usize);
-                self.read_staged(buf.get_mut(), *off)?;
-                Ok(Some(buf.get().to_vec()))
+                let mut buf = AlignedBuf::new(self.page_size as usize)?;
+                self.read_staged(buf.as_mut_slice(), *off)?;
+                Ok(Some(buf.as_slice().to_vec()))
             }
         }
     }
 
     /// Writes the CRIU image directory `final_path` (which must not exist): one pagemap per id,
-    /// consecutive pages merged into `PE_PRESENT` entries, zero pages as holes. Atomic: nothing
+    /// consecutive pages merged into `PE_PRESENT` entries, zero pages as holes. With snapshots,
+    /// it waits for the one being written and holds only what changed since the newest, over
+    /// the snapshots moved inside it (see [`snapshot`](super::snapshot)). Atomic: nothing
     /// appears at `final_path` unless everything was written and synced.
-    pub fn commit(&self, final_path: &Path, pages_id_base: u32) -> Result<PathBuf, StoreError> {
-        let ps = self.page_size;
-        let mut w = ImageDirWriter::create(final_path, ps, pages_id_base)?;
-        if self.direct {
-            // Pages are read in address order, scattered over the file: let the page cache's
-            // read-ahead gather them instead of one uncached read per stretch.
-            set_direct(&self.staging, false);
+    pub fn commit(&mut self, final_path: &Path, pages_id_base: u32) -> Result<PathBuf, StoreError> {
+        let last_round = self.per_round.keys().max().copied();
+        if let Some(s) = self.snapshots.as_mut() {
+            s.settle_for_commit(last_round);
         }
-        let mut buf = AlignedBuf::new(COPY_PAGES * ps as usize);
-        let mut iter = self.index.iter().peekable();
-        while let Some((&(id, first), _)) = iter.peek() {
-            let (id, first) = (id, first);
-            let pm = w.open_pagemap(id)?;
-            // Collect one maximal run of consecutive pages of this id.
-            let mut run_start = first;
-            let mut slots: Vec<Slot> = Vec::new();
-            let mut expect = first;
-            loop {
-                let next = iter.peek().map(|(&(i, v), s)| (i, v, **s));
-                match next {
-                    Some((i, v, s)) if i == id && v == expect => {
-                        slots.push(s);
-                        expect += ps;
-                        iter.next();
-                    }
-                    _ => {
-                        if !slots.is_empty() {
-                            pm.push_entry(PagemapEntry {
-                                vaddr: run_start,
-                                nr_pages: slots.len() as u64,
-                                flags: PageFlags::PRESENT,
-                            })?;
-                            // Neighbouring pages usually sit next to each other in staging
-                            // too: copy such stretches with one read and one write.
-                            let mut k = 0;
-                            while k < slots.len() {
-                                match slots[k].content {
-                                    Content::Zero => {
-                                        pm.write_zeros(ps)?;
-                                        k += 1;
-                                    }
-                                    Content::Data(off) => {
-                                        let mut n = 1;
-                                        while k + n < slots.len()
-                                            && n < COPY_PAGES
-                                            && slots[k + n].content == Content::Data(off + n as u64 * ps)
-                                        {
-                                            n += 1;
-                                        }
-                                        let chunk = &mut buf.get_mut()[..n * ps as usize];
-                                        self.read_staged(chunk, off)?;
-                                        pm.write_data(chunk)?;
-                                        k += n;
-                                    }
-                                }
-                            }
-                            slots.clear();
-                        }
-                        match next {
-                            Some((i, v, _)) if i == id => {
-                                run_start = v;
-                                expect = v;
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-            }
+        let mut w = ImageDirWriter::create(final_path, self.page_size, pages_id_base)?;
+        let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
+        let plan = self.index.iter().map(|(&(id, vaddr), slot)| (id, vaddr, slot.staged_over(newest, id, vaddr)));
+        write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false)?;
+        if let Some(s) = self.snapshots.as_mut() {
+            s.adopt_into(&mut w)?;
         }
         Ok(w.commit()?)
     }
+}
+
+impl Slot {
+    /// Where this page (`vaddr` of `id`) comes from in an image over `parent`.
+    fn staged_over(&self, parent: Option<&Snapshot>, id: PagemapId, vaddr: u64) -> Staged {
+        match self.content {
+            _ if parent.is_some_and(|p| p.holds(id, vaddr, self.round)) => Staged::Parent,
+            Content::Data(off) => Staged::Data(off),
+            Content::Zero => Staged::Zero,
+        }
+    }
+}
+
+/// A second open file description of `file` (here: an unnamed temporary file), so that its
+/// flags (`O_DIRECT`) are its own.
+fn reopen(file: &File) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    Ok(std::fs::OpenOptions::new().read(true).write(true).open(path)?)
 }
 
 /// Turns `O_DIRECT` on or off for `file`; `false` when the system refuses.

@@ -36,6 +36,10 @@ pub struct ReceiverConfig {
     pub max_run_pages: u32,
     /// QUIC idle timeout (default 10 s); also bounds the wait for a connected sender's Hello.
     pub idle_timeout: Duration,
+    /// Write background parent images after each round so that the commit (the source frozen)
+    /// writes only what changed since (default); `false`: one flat image directory, all of it
+    /// written at commit.
+    pub snapshots: bool,
 }
 
 impl ReceiverConfig {
@@ -46,6 +50,7 @@ impl ReceiverConfig {
             page_size: pagestream_engine::page_size(),
             max_run_pages: DEFAULT_MAX_RUN_PAGES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            snapshots: true,
         }
     }
 }

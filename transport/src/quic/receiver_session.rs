@@ -25,6 +25,7 @@ use super::session::{
 use super::store_worker::{self, Committed, StoreOp};
 use crate::wire::{
     answer_hello, bounded_reason, Codecs, ControlFrame, DataDecoder, DataLimits, DataRun, Hello, WireError,
+    NO_COMMIT_ESTIMATE,
 };
 
 /// Batches of decoded runs waiting for the store worker (each at most 4 MiB, or one longer run),
@@ -131,7 +132,10 @@ impl<'a> Session<'a> {
             Err(e) => return Err(self.reject(e).await),
         };
         let limits = DataLimits::new(cfg.page_size, agreement.max_run_pages, agreement.codecs)?;
-        let store = PageStore::new(self.staging_dir, cfg.page_size)?;
+        let mut store = PageStore::new(self.staging_dir, cfg.page_size)?;
+        if cfg.snapshots {
+            store.enable_snapshots();
+        }
         let control = self.control.as_mut().ok_or_else(|| TransportError::Closed("no control stream".into()))?;
         control.send(&ControlFrame::Hello(reply)).await?;
         let peer = self.conn.remote_address();
@@ -218,8 +222,12 @@ impl<'a> Session<'a> {
                         .ok_or_else(|| TransportError::Violation(format!("round {round}: page counts overflow")))?;
                     let (done, rx) = oneshot::channel();
                     ops.send(StoreOp::AwaitRound { round, pages, digest, done }).await.map_err(|_| closed())?;
-                    let pages_held = self.store_answer(rx).await?;
-                    self.send(&ControlFrame::RoundAck { round }).await?;
+                    let held = self.store_answer(rx).await?;
+                    let commit_ms = held
+                        .commit_estimate
+                        .map_or(NO_COMMIT_ESTIMATE, |d| u32::try_from(d.as_millis()).unwrap_or(NO_COMMIT_ESTIMATE - 1));
+                    self.send(&ControlFrame::RoundAck { round, commit_ms }).await?;
+                    let pages_held = held.pages;
                     (open, last, rounds) = (None, Some(round), rounds + 1);
                     let wire_bytes = self.wire_bytes();
                     tracing::debug!(round, data_pages, zero_pages, pages_held, wire_bytes, "round received");

@@ -31,7 +31,7 @@ use super::error::TransportError;
 use super::sender_config::SenderConfig;
 use super::sender_streams::{handshake, session_id, Connected, DataLanes, PushError};
 use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_DONE, CLOSE_PROTOCOL};
-use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport, WireError};
+use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport, WireError, NO_COMMIT_ESTIMATE};
 
 /// Frames gathered before they are handed to a data stream together (at most the window).
 pub const BATCH_BYTES: usize = 256 << 10;
@@ -66,6 +66,8 @@ pub struct QuicSink {
     ack_timeout: Duration,
     state: State,
     last_round: Option<u32>,
+    /// The receiver's commit estimate from the last RoundAck.
+    commit_estimate: Option<Duration>,
     round_data: u64,
     round_zero: u64,
     /// The digest of the open round's pages (sent with RoundEnd).
@@ -128,6 +130,7 @@ impl QuicSink {
             ack_timeout: cfg.ack_timeout,
             state: State::Idle,
             last_round: None,
+            commit_estimate: None,
             round_data: 0,
             round_zero: 0,
             digest: RoundDigest::new(page_size),
@@ -413,8 +416,12 @@ impl PageSink for QuicSink {
         self.flush_batch()?;
         let digest = std::mem::replace(&mut self.digest, RoundDigest::new(self.page_size)).value();
         let frame = ControlFrame::RoundEnd { round, data_pages: self.round_data, zero_pages: self.round_zero, digest };
-        match self.request(frame, "RoundAck", |f| matches!(f, ControlFrame::RoundAck { round: r } if *r == round)) {
-            Ok(_) => {
+        match self.request(frame, "RoundAck", |f| matches!(f, ControlFrame::RoundAck { round: r, .. } if *r == round)) {
+            Ok(ack) => {
+                if let ControlFrame::RoundAck { commit_ms, .. } = ack {
+                    self.commit_estimate =
+                        (commit_ms != NO_COMMIT_ESTIMATE).then(|| Duration::from_millis(u64::from(commit_ms)));
+                }
                 self.state = State::Idle;
                 self.last_round = Some(round);
                 Ok(())
@@ -471,7 +478,11 @@ impl PageSink for QuicSink {
     fn stats(&self) -> SinkStats {
         let (_, control_out) = self.control.bytes();
         let batched = self.batch.len() as u64;
-        SinkStats { raw_bytes: self.stats.raw_bytes, wire_bytes: self.stats.wire_bytes + batched + control_out }
+        SinkStats {
+            raw_bytes: self.stats.raw_bytes,
+            wire_bytes: self.stats.wire_bytes + batched + control_out,
+            commit_estimate: self.commit_estimate,
+        }
     }
 }
 

@@ -34,7 +34,7 @@ pub struct Committed {
 pub enum StoreOp {
     /// Store decoded runs, in order.
     Runs(Vec<DataRun>),
-    /// Answer, with the distinct pages held, once round `round` holds `pages` pages (data and
+    /// Answer ([`RoundHeld`]) once round `round` holds `pages` pages (data and
     /// zero) whose digest is `digest` (a different digest fails the session).
     AwaitRound {
         /// The round.
@@ -57,9 +57,18 @@ pub enum StoreOp {
     },
 }
 
-/// Where the answer to [`StoreOp::AwaitRound`] goes: the distinct pages held once the round is
-/// complete.
-type RoundDone = oneshot::Sender<Result<u64, TransportError>>;
+/// What the store says once a round is complete.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundHeld {
+    /// Distinct pages held.
+    pub pages: u64,
+    /// How long a commit would take now beyond the final round's pages
+    /// ([`PageStore::commit_estimate`]).
+    pub commit_estimate: Option<std::time::Duration>,
+}
+
+/// Where the answer to [`StoreOp::AwaitRound`] goes.
+type RoundDone = oneshot::Sender<Result<RoundHeld, TransportError>>;
 /// Where the answer to [`StoreOp::Commit`] goes.
 type CommitDone = oneshot::Sender<Result<Committed, TransportError>>;
 
@@ -159,8 +168,15 @@ impl Worker {
         let held = self.store.pages_in_round(*round);
         let ours = self.digests.get(round).map_or(0, RoundDigest::value);
         let answer = if held == *pages && ours == *digest {
-            self.digests.remove(round);
-            Ok(self.store.len_pages())
+            let round = *round;
+            self.digests.remove(&round);
+            // Every round up to this one is complete (the control loop awaits them in order).
+            match self.store.snapshot(round) {
+                Ok(true) => tracing::debug!(round, "background snapshot started"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(round, "no background snapshot: {e}"),
+            }
+            Ok(RoundHeld { pages: self.store.len_pages(), commit_estimate: self.store.commit_estimate() })
         } else if held == *pages {
             Err(TransportError::Violation(format!(
                 "round {round}: the pages received do not match the sender's digest ({ours:#018x} here, \

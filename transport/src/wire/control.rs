@@ -28,6 +28,9 @@ pub struct StatsReport {
     pub zero_pages: u64,
 }
 
+/// [`ControlFrame::RoundAck`]'s `commit_ms` when the server gives no estimate.
+pub const NO_COMMIT_ESTIMATE: u32 = u32::MAX;
+
 /// One frame of the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlFrame {
@@ -59,6 +62,10 @@ pub enum ControlFrame {
     RoundAck {
         /// The round number.
         round: u32,
+        /// How long the server's commit would take now beyond the final round's own pages
+        /// (ms; [`NO_COMMIT_ESTIMATE`]: no estimate). The sender's convergence policy adds it
+        /// to the downtime it expects.
+        commit_ms: u32,
     },
     /// Make the migration durable; `total_pages` pages (data and zero, over all rounds) were
     /// sent, the last round being `final_round`.
@@ -128,7 +135,11 @@ pub fn encode_control(frame: &ControlFrame, out: &mut BytesMut) -> Result<(), Wi
     match frame {
         ControlFrame::Hello(hello) => hello.encode_body(&mut body),
         ControlFrame::Reject { reason } | ControlFrame::Abort { reason } => put_string(&mut body, name, reason)?,
-        ControlFrame::RoundBegin { round } | ControlFrame::RoundAck { round } => body.put_u32_le(*round),
+        ControlFrame::RoundBegin { round } => body.put_u32_le(*round),
+        ControlFrame::RoundAck { round, commit_ms } => {
+            body.put_u32_le(*round);
+            body.put_u32_le(*commit_ms);
+        }
         ControlFrame::RoundEnd { round, data_pages, zero_pages, digest } => {
             body.put_u32_le(*round);
             body.put_u64_le(*data_pages);
@@ -185,7 +196,10 @@ pub fn decode_control_body(ty: FrameType, body: &[u8]) -> Result<ControlFrame, W
             return Ok(ControlFrame::CommitAck { location, pages });
         }
         FrameType::RoundBegin => ControlFrame::RoundBegin { round: fixed(4)?.u32()? },
-        FrameType::RoundAck => ControlFrame::RoundAck { round: fixed(4)?.u32()? },
+        FrameType::RoundAck => {
+            let mut r = fixed(8)?;
+            ControlFrame::RoundAck { round: r.u32()?, commit_ms: r.u32()? }
+        }
         FrameType::RoundEnd => {
             let mut r = fixed(28)?;
             ControlFrame::RoundEnd { round: r.u32()?, data_pages: r.u64()?, zero_pages: r.u64()?, digest: r.u64()? }

@@ -15,7 +15,7 @@ use super::error::WireError;
 use super::frame::BodyReader;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First four bytes of every Hello body: `PGST`.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"PGST");
@@ -250,10 +250,13 @@ mod tests {
             Hello::decode_body(&body[..HELLO_BODY_LEN - 1]).unwrap_err(),
             WireError::BadLength { frame: "Hello", got: HELLO_BODY_LEN - 1, want: HELLO_BODY_LEN }
         );
-        let mut v3 = body.clone();
-        v3[4..6].copy_from_slice(&3u16.to_le_bytes());
-        v3.extend_from_slice(&[0; 9]);
-        assert_eq!(Hello::decode_body(&v3), Err(WireError::VersionMismatch { ours: 2, theirs: 3 }));
+        let mut next = body.clone();
+        next[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+        next.extend_from_slice(&[0; 9]);
+        assert_eq!(
+            Hello::decode_body(&next),
+            Err(WireError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 })
+        );
         let mut bad_magic = body.clone();
         bad_magic[0] = b'X';
         assert!(matches!(Hello::decode_body(&bad_magic), Err(WireError::BadMagic { .. })));

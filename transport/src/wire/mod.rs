@@ -5,7 +5,7 @@
 //!
 //! * **control stream** — the first bidirectional stream, opened by the client. The client sends
 //!   a [`Hello`]; the server answers with its own Hello (the agreement) or a Reject. Then
-//!   `RoundBegin`, `RoundEnd{round, data_pages, zero_pages, digest}` → `RoundAck{round}` once the server
+//!   `RoundBegin`, `RoundEnd{round, data_pages, zero_pages, digest}` → `RoundAck{round, commit_ms}` once the server
 //!   holds every page of the round, `Commit{final_round, total_pages}` → `CommitAck{location,
 //!   pages}` once the image is durable, optional `Stats`, and `Abort{reason}` from either side.
 //! * **data streams** — several unidirectional streams from the client, each a sequence of Run
@@ -31,7 +31,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 
-pub use control::{bounded_reason, encode_control, ControlDecoder, ControlFrame, StatsReport};
+pub use control::{bounded_reason, encode_control, ControlDecoder, ControlFrame, StatsReport, NO_COMMIT_ESTIMATE};
 pub use data::{
     DataDecoder, DataLimits, DataRun, Encoding, RunContent, RunEncoder, RunHeader, DEFAULT_MAX_RUN_PAGES,
     MAX_RUN_BYTES, RUN_HEADER_LEN,

@@ -1,0 +1,200 @@
+//! [`Snapshots`]: parent images of a [`PageStore`](super::PageStore) written by a background
+//! thread while later pre-copy rounds arrive, so that the commit, made while the source is
+//! frozen, writes only the pages that changed since the newest snapshot (as `criu dump
+//! --prev-images-dir` does after `criu pre-dump`).
+//!
+//! A snapshot started once round `r` is complete holds every page whose newest copy was from
+//! round `r` or earlier: as data, or as `PE_PARENT` where the previous snapshot already holds
+//! it unchanged. A page rewritten in place while the snapshot copies it may land torn in it; it
+//! then belongs to a later round, and the next image (a snapshot or the commit) holds it whole.
+//!
+//! Each snapshot is a complete, fsynced image directory under a hidden name next to the
+//! destination, its `parent` link reading `../pre-<k-1>`. The commit moves them into the image
+//! directory as `pre-1`, `pre-2`, ... and links the image to the newest, so the committed
+//! directory is one self-contained pre-dump chain. A store dropped without commit stops a
+//! running snapshot and removes them all.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::image_out::{write_pages, Staged};
+use super::page_store::StoreError;
+use crate::criu::{ImageDirWriter, PagemapId};
+use crate::PageRunSet;
+
+/// The most snapshots one store writes (each is a level of the committed pre-dump chain).
+pub const MAX_SNAPSHOTS: usize = 8;
+
+/// A finished snapshot.
+pub(crate) struct Snapshot {
+    /// Its (hidden) directory.
+    path: PathBuf,
+    /// The newest round it holds.
+    pub(crate) upto_round: u32,
+    /// The pages it holds.
+    pub(crate) pages: HashMap<PagemapId, PageRunSet>,
+}
+
+impl Snapshot {
+    /// Whether it holds page `vaddr` of `id` as it was in round `round` (or later).
+    pub(crate) fn holds(&self, id: PagemapId, vaddr: u64, round: u32) -> bool {
+        round <= self.upto_round && self.pages.get(&id).is_some_and(|s| s.contains(vaddr))
+    }
+}
+
+struct Running {
+    snapshot: Snapshot,
+    cancel: Arc<AtomicBool>,
+    /// Page bytes copied so far.
+    copied: Arc<AtomicU64>,
+    started: Instant,
+    handle: JoinHandle<Result<(), StoreError>>,
+}
+
+/// The snapshots of one store; see the module documentation.
+pub(crate) struct Snapshots {
+    dir: PathBuf,
+    page_size: u64,
+    done: Vec<Snapshot>,
+    running: Option<Running>,
+    /// Page bytes of the finished snapshots and the time they took (write and fsync): the rate
+    /// the commit's own writes are estimated with.
+    written: (u64, Duration),
+}
+
+impl Snapshots {
+    /// Snapshots in hidden directories under `dir` (next to the destination).
+    pub(crate) fn new(dir: &Path, page_size: u64) -> Self {
+        Self { dir: dir.to_path_buf(), page_size, done: Vec::new(), running: None, written: (0, Duration::ZERO) }
+    }
+
+    /// Whether another snapshot may start now (none running, fewer than [`MAX_SNAPSHOTS`]).
+    pub(crate) fn can_start(&mut self) -> bool {
+        if self.running.as_ref().is_some_and(|r| r.handle.is_finished()) {
+            self.settle();
+        }
+        self.running.is_none() && self.done.len() < MAX_SNAPSHOTS
+    }
+
+    /// The newest finished snapshot.
+    pub(crate) fn newest(&self) -> Option<&Snapshot> {
+        self.done.last()
+    }
+
+    /// Starts writing `plan` (sorted by pagemap and address; `Staged::Data` offsets into
+    /// `staging`) as a snapshot of rounds up to `upto_round` holding `pages`.
+    pub(crate) fn start(
+        &mut self,
+        upto_round: u32,
+        pages: HashMap<PagemapId, PageRunSet>,
+        plan: Vec<(PagemapId, u64, Staged)>,
+        staging: File,
+    ) -> Result<(), StoreError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!(".pagestream-snapshot-{}-{seq}", std::process::id()));
+        let mut w = ImageDirWriter::create(&path, self.page_size, 1)?;
+        if !self.done.is_empty() {
+            w.set_parent(Path::new(&format!("../pre-{}", self.done.len())))?;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let copied = Arc::new(AtomicU64::new(0));
+        let (stop, count) = (cancel.clone(), copied.clone());
+        let ps = self.page_size;
+        let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
+            let mut read = |buf: &mut [u8], off: u64| {
+                staging.read_exact_at(buf, off)?;
+                count.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(())
+            };
+            write_pages(&mut w, ps, plan.into_iter(), &mut read, &|| stop.load(Ordering::Relaxed))?;
+            w.commit()?;
+            Ok(())
+        })?;
+        let snapshot = Snapshot { path, upto_round, pages };
+        self.running = Some(Running { snapshot, cancel, copied, started: Instant::now(), handle });
+        Ok(())
+    }
+
+    /// Waits for the running snapshot, if any; a failed one is logged and forgotten (the next
+    /// image then holds its pages).
+    pub(crate) fn settle(&mut self) {
+        let Some(running) = self.running.take() else { return };
+        match running.handle.join() {
+            Ok(Ok(())) => {
+                let (bytes, took) = (running.copied.load(Ordering::Relaxed), running.started.elapsed());
+                tracing::debug!(
+                    round = running.snapshot.upto_round,
+                    bytes,
+                    ms = took.as_millis() as u64,
+                    "snapshot written"
+                );
+                self.written = (self.written.0 + bytes, self.written.1 + took);
+                self.done.push(running.snapshot);
+            }
+            Ok(Err(StoreError::Cancelled)) => {}
+            Ok(Err(e)) => tracing::warn!(round = running.snapshot.upto_round, "background snapshot failed: {e}"),
+            Err(_) => tracing::warn!(round = running.snapshot.upto_round, "background snapshot thread panicked"),
+        }
+    }
+
+    /// How long a commit would take now to write `backlog` page bytes beyond the newest
+    /// finished snapshot (less what the running one already copied), at the rate the snapshots
+    /// wrote, else at `guess` bytes/s; `None` when no rate is known.
+    pub(crate) fn estimate(&self, backlog: u64, guess: Option<f64>) -> Option<Duration> {
+        let copied = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
+        let rate = match (self.written, &self.running) {
+            ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
+            (_, Some(r)) if copied > 0 => copied as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
+            _ => guess.filter(|g| *g > 0.0)?,
+        };
+        Some(Duration::from_secs_f64(backlog.saturating_sub(copied) as f64 / rate))
+    }
+
+    /// Before a commit whose newest round is `last_round`: stops a snapshot that started after
+    /// that round (the commit writes the same pages itself, without the wait), else waits for
+    /// the running one (its work shrinks what the commit writes).
+    pub(crate) fn settle_for_commit(&mut self, last_round: Option<u32>) {
+        if let Some(running) = &self.running {
+            if last_round.is_some_and(|last| running.snapshot.upto_round >= last) {
+                running.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        self.settle();
+    }
+
+    /// Moves every finished snapshot into `w`'s directory as `pre-1`, `pre-2`, ... and links
+    /// `w` to the newest.
+    pub(crate) fn adopt_into(&mut self, w: &mut ImageDirWriter) -> Result<(), StoreError> {
+        for (k, snap) in self.done.iter().enumerate() {
+            let to = w.tmp_path().join(format!("pre-{}", k + 1));
+            std::fs::rename(&snap.path, &to)?;
+        }
+        if !self.done.is_empty() {
+            w.set_parent(Path::new(&format!("pre-{}", self.done.len())))?;
+        }
+        // They belong to `w` now (which removes them if it is not committed).
+        self.done.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.cancel.store(true, Ordering::Relaxed);
+        }
+        self.settle();
+        for snap in &self.done {
+            if let Err(e) = std::fs::remove_dir_all(&snap.path) {
+                tracing::warn!(path = %snap.path.display(), "could not remove a snapshot: {e}");
+            }
+        }
+    }
+}

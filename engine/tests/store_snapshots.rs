@@ -1,0 +1,158 @@
+//! PageStore's background snapshots: the committed directory is a pre-dump chain (`pre-1`,
+//! `pre-2`, ... inside it) whose pages equal the newest content of every page, across
+//! rewrites, zero pages, discards and pages new in later rounds; a store dropped without commit
+//! leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pagestream_engine::criu::{ImageChain, ImageDir, PageLookup, PagemapId};
+use pagestream_engine::store::PageStore;
+use pagestream_engine::PageRun;
+
+const PS: u64 = 4096;
+const BASE: u64 = 0x7f00_0000_0000;
+const ID: PagemapId = PagemapId::Task(42);
+
+fn page(tag: u64) -> Vec<u8> {
+    (0..PS).map(|i| (tag.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8 + 1).collect()
+}
+
+/// Expected content: Some(data) or None for a zero page.
+type Want = BTreeMap<u64, Option<Vec<u8>>>;
+
+fn put(store: &mut PageStore, want: &mut Want, round: u32, idx: u64, tag: u64) {
+    let data = page(tag);
+    store.put_pages(round, ID, PageRun::new(BASE + idx * PS, 1), &data).unwrap();
+    want.insert(idx, Some(data));
+}
+
+fn check(dir: &Path, want: &Want, gone: &[u64]) {
+    let chain = ImageChain::open(dir, None, PS).unwrap();
+    chain.verify().unwrap();
+    for (idx, content) in want {
+        let got = chain.page_at(ID, BASE + idx * PS).unwrap();
+        match (content, got) {
+            (Some(d), PageLookup::Data(g)) => assert!(g == *d, "page {idx} differs"),
+            (None, PageLookup::Data(g)) => assert!(g.iter().all(|b| *b == 0), "page {idx} should be zero"),
+            (_, other) => panic!("page {idx}: {other:?}"),
+        }
+    }
+    for idx in gone {
+        assert!(matches!(chain.page_at(ID, BASE + idx * PS).unwrap(), PageLookup::Absent), "page {idx} discarded");
+    }
+}
+
+fn wait_for_snapshot(store: &mut PageStore, round: u32) -> bool {
+    // A snapshot may start only when the previous one is done.
+    for _ in 0..500 {
+        if store.snapshot(round).unwrap() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn commit_over_snapshots_is_a_chain_with_the_newest_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = PageStore::new(tmp.path(), PS).unwrap();
+    store.enable_snapshots();
+    let mut want = Want::new();
+    // Round 0: 2048 pages (8 MiB), every 10th zero.
+    for i in 0..2048 {
+        if i % 10 == 9 {
+            store.put_zero(0, ID, PageRun::new(BASE + i * PS, 1)).unwrap();
+            want.insert(i, None);
+        } else {
+            put(&mut store, &mut want, 0, i, i);
+        }
+    }
+    assert!(store.snapshot(0).unwrap(), "round 0 is worth a snapshot");
+    // Round 1 arrives while it is written: rewrites, a data page turned zero, a zero page
+    // turned data, pages beyond round 0, a discard.
+    for i in (0..2048).step_by(2) {
+        put(&mut store, &mut want, 1, i, 10_000 + i);
+    }
+    store.put_zero(1, ID, PageRun::new(BASE + 3 * PS, 1)).unwrap();
+    want.insert(3, None);
+    put(&mut store, &mut want, 1, 9, 20_009);
+    for i in 4000..5100 {
+        put(&mut store, &mut want, 1, i, 30_000 + i);
+    }
+    store.discard(1, ID, PageRun::new(BASE + 101 * PS, 4)).unwrap();
+    for i in 101..105 {
+        want.remove(&i);
+    }
+    assert!(wait_for_snapshot(&mut store, 1), "round 1 changed enough for a second snapshot");
+    // Round 2 (the final one): a few more rewrites.
+    for i in (0..2048).step_by(97) {
+        put(&mut store, &mut want, 2, i, 40_000 + i);
+    }
+    let dir = tmp.path().join("img");
+    store.commit(&dir, 1).unwrap();
+    check(&dir, &want, &[101, 102, 103, 104]);
+    // The chain lives inside the directory: img -> pre-2 -> pre-1.
+    assert_eq!(std::fs::read_link(dir.join("parent")).unwrap(), Path::new("pre-2"));
+    assert_eq!(std::fs::read_link(dir.join("pre-2/parent")).unwrap(), Path::new("../pre-1"));
+    assert!(ImageDir::open(&dir.join("pre-1"), PS).unwrap().parent_link().is_none());
+    // The commit itself holds only what changed after the newest snapshot.
+    let top = ImageDir::open(&dir, PS).unwrap();
+    let present: u64 =
+        top.pagemap(ID).unwrap().pagemap.entries.iter().filter(|e| e.flags.is_present()).map(|e| e.nr_pages).sum();
+    assert_eq!(present, 2048_u64.div_ceil(97), "only round 2's pages are written at commit");
+    // Nothing else is left next to it.
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("img")]);
+}
+
+#[test]
+fn without_snapshots_the_image_is_flat_and_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = PageStore::new(tmp.path(), PS).unwrap();
+    let mut want = Want::new();
+    for i in 0..1500 {
+        put(&mut store, &mut want, 0, i, i);
+    }
+    assert!(!store.snapshot(0).unwrap(), "snapshots are off");
+    for i in (0..1500).step_by(3) {
+        put(&mut store, &mut want, 1, i, 7 + i);
+    }
+    let dir = tmp.path().join("img");
+    store.commit(&dir, 1).unwrap();
+    check(&dir, &want, &[]);
+    assert!(std::fs::symlink_metadata(dir.join("parent")).is_err());
+}
+
+#[test]
+fn a_store_dropped_without_commit_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut store = PageStore::new(tmp.path(), PS).unwrap();
+        store.enable_snapshots();
+        let mut want = Want::new();
+        for i in 0..4096 {
+            put(&mut store, &mut want, 0, i, i);
+        }
+        assert!(store.snapshot(0).unwrap());
+        // Dropped while (or just after) the snapshot is written.
+    }
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+}
+
+#[test]
+fn small_changes_are_not_worth_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = PageStore::new(tmp.path(), PS).unwrap();
+    store.enable_snapshots();
+    let mut want = Want::new();
+    for i in 0..100 {
+        put(&mut store, &mut want, 0, i, i);
+    }
+    assert!(!store.snapshot(0).unwrap(), "400 KiB is below the threshold");
+    let dir = tmp.path().join("img");
+    store.commit(&dir, 1).unwrap();
+    check(&dir, &want, &[]);
+}
