@@ -160,8 +160,9 @@ impl PageStore {
     }
 
     /// How long a commit would take now beyond the final round's own pages: the page bytes not
-    /// in the newest finished snapshot at the rate snapshots are written (guessed from the
-    /// staging writes before one has made progress; `None` without snapshots or any guess). Senders fold it into their
+    /// in the newest finished snapshot at the rate snapshots are written (before one finished,
+    /// from its copy rate and the disk rate the staging writes saw; `None` without snapshots or
+    /// any rate). Senders fold it into their
     /// downtime estimate.
     pub fn commit_estimate(&self) -> Option<Duration> {
         let snaps = self.snapshots.as_ref()?;
@@ -174,10 +175,10 @@ impl PageStore {
             })
             .count() as u64
             * self.page_size;
-        // A commit reads each byte back and writes it again: half the staging write rate.
+        // The disk's write rate as the staging's direct writes saw it.
         let (bytes, took) = self.staged_io;
-        let guess = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6) / 2.0);
-        snaps.estimate(backlog, guess)
+        let disk_rate = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6));
+        snaps.estimate(backlog, disk_rate)
     }
 
     /// Writes `data` at `off` of the staging file; if the file system refuses `O_DIRECT` I/O,

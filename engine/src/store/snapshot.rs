@@ -144,17 +144,25 @@ impl Snapshots {
         }
     }
 
-    /// How long a commit would take now to write `backlog` page bytes beyond the newest
-    /// finished snapshot (less what the running one already copied), at the rate the snapshots
-    /// wrote, else at `guess` bytes/s; `None` when no rate is known.
-    pub(crate) fn estimate(&self, backlog: u64, guess: Option<f64>) -> Option<Duration> {
+    /// How long a commit would take now to make `backlog` page bytes beyond the newest finished
+    /// snapshot durable: at the rate finished snapshots achieved (copy and fsync); before any
+    /// finished, the copy still to do at the running one's copy rate (else at `disk_rate`) plus
+    /// writing all of `backlog` to disk at `disk_rate` bytes/s (the fsync). `None` when no rate
+    /// is known.
+    pub(crate) fn estimate(&self, backlog: u64, disk_rate: Option<f64>) -> Option<Duration> {
         let copied = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
-        let rate = match (self.written, &self.running) {
-            ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
-            (_, Some(r)) if copied > 0 => copied as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
-            _ => guess.filter(|g| *g > 0.0)?,
+        let remaining = backlog.saturating_sub(copied) as f64;
+        let (bytes, took) = self.written;
+        if bytes > 0 {
+            let rate = bytes as f64 / took.as_secs_f64().max(1e-6);
+            return Some(Duration::from_secs_f64(remaining / rate));
+        }
+        let disk = disk_rate.filter(|r| *r > 0.0)?;
+        let copy = match &self.running {
+            Some(r) if copied > 0 => copied as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
+            _ => disk,
         };
-        Some(Duration::from_secs_f64(backlog.saturating_sub(copied) as f64 / rate))
+        Some(Duration::from_secs_f64(remaining / copy + backlog as f64 / disk))
     }
 
     /// Before a commit whose newest round is `last_round`: stops a snapshot that started after
