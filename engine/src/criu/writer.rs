@@ -113,6 +113,12 @@ impl PagemapWriter {
         self.pages.get_ref().write_all_at(data, offset).map_err(|e| ImageError::io(&self.pages_path, e))
     }
 
+    /// Makes the page data written so far durable (`fdatasync`), e.g. to pace a long write.
+    pub fn sync_data(&mut self) -> Result<(), ImageError> {
+        self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.pages.get_ref().sync_data().map_err(|e| ImageError::io(&self.pages_path, e))
+    }
+
     /// Appends a `PE_PRESENT` entry (plus `extra` flags such as `PE_LAZY`) with all its data.
     pub fn push_present(&mut self, vaddr: u64, data: &[u8], extra: PageFlags) -> Result<(), ImageError> {
         let nr_pages = data.len() as u64 / self.page_size;
@@ -222,6 +228,11 @@ impl ImageDirWriter {
             hole_at_end: false,
         };
         Ok(self.pagemaps.entry(id).or_insert(w))
+    }
+
+    /// Makes the page data of every pagemap written so far durable.
+    pub fn sync_pages(&mut self) -> Result<(), ImageError> {
+        self.pagemaps.values_mut().try_for_each(PagemapWriter::sync_data)
     }
 
     /// The pagemap `id` if it was opened.

@@ -35,9 +35,14 @@ struct PageCopy {
     to: u64,
 }
 
+/// Page bytes between two syncs of a paced write.
+const SYNC_BYTES: u64 = 128 << 20;
+
 /// Writes `pages` (sorted by pagemap, then address) into `w`. `read(buf, offset)` fills `buf`
 /// from the staging file; `cancelled` is asked between copies and stops the write with
-/// [`StoreError::Cancelled`].
+/// [`StoreError::Cancelled`]. With `synced`, the data is made durable every [`SYNC_BYTES`] and
+/// at the end, and `synced` is told how many bytes are durable so far: the writer's progress
+/// then measures the disk, not the page cache.
 ///
 /// First every pagemap is laid out in address order (entries, and the pages files' data as
 /// holes); then the data is copied in staging order, so staging is read in large sequential
@@ -48,6 +53,7 @@ pub(crate) fn write_pages(
     pages: impl Iterator<Item = (PagemapId, u64, Staged)>,
     read: &mut StagingRead<'_>,
     cancelled: &dyn Fn() -> bool,
+    synced: Option<&dyn Fn(u64)>,
 ) -> Result<(), StoreError> {
     let ps = page_size;
     let mut copies = Vec::new();
@@ -84,6 +90,7 @@ pub(crate) fn write_pages(
     }
     copies.sort_unstable_by_key(|c| c.from);
     let mut buf = AlignedBuf::new(COPY_PAGES * ps as usize)?;
+    let (mut written, mut since_sync) = (0u64, 0u64);
     let mut i = 0;
     while i < copies.len() {
         if cancelled() {
@@ -112,6 +119,13 @@ pub(crate) fn write_pages(
             k += m;
         }
         i += n;
+        written += n as u64 * ps;
+        since_sync += n as u64 * ps;
+        if let Some(report) = synced.filter(|_| since_sync >= SYNC_BYTES || i == copies.len()) {
+            w.sync_pages()?;
+            report(written);
+            since_sync = 0;
+        }
     }
     Ok(())
 }

@@ -353,7 +353,7 @@ impl PageStore {
         let mut w = ImageDirWriter::create(final_path, self.page_size, pages_id_base)?;
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
         let plan = self.index.iter().map(|(&(id, vaddr), slot)| (id, vaddr, slot.staged_over(newest, id, vaddr)));
-        write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false)?;
+        write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None)?;
         if let Some(s) = self.snapshots.as_mut() {
             s.adopt_into(&mut w)?;
         }

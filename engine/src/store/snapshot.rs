@@ -51,7 +51,7 @@ impl Snapshot {
 struct Running {
     snapshot: Snapshot,
     cancel: Arc<AtomicBool>,
-    /// Page bytes copied so far.
+    /// Page bytes written and synced so far.
     copied: Arc<AtomicU64>,
     started: Instant,
     handle: JoinHandle<Result<(), StoreError>>,
@@ -108,12 +108,10 @@ impl Snapshots {
         let (stop, count) = (cancel.clone(), copied.clone());
         let ps = self.page_size;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
-            let mut read = |buf: &mut [u8], off: u64| {
-                staging.read_exact_at(buf, off)?;
-                count.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                Ok(())
-            };
-            write_pages(&mut w, ps, plan.into_iter(), &mut read, &|| stop.load(Ordering::Relaxed))?;
+            let mut read = |buf: &mut [u8], off: u64| Ok(staging.read_exact_at(buf, off)?);
+            let synced = |bytes| count.store(bytes, Ordering::Relaxed);
+            let cancelled = || stop.load(Ordering::Relaxed);
+            write_pages(&mut w, ps, plan.into_iter(), &mut read, &cancelled, Some(&synced))?;
             w.commit()?;
             Ok(())
         })?;
@@ -145,24 +143,19 @@ impl Snapshots {
     }
 
     /// How long a commit would take now to make `backlog` page bytes beyond the newest finished
-    /// snapshot durable: at the rate finished snapshots achieved (copy and fsync); before any
-    /// finished, the copy still to do at the running one's copy rate (else at `disk_rate`) plus
-    /// writing all of `backlog` to disk at `disk_rate` bytes/s (the fsync). `None` when no rate
-    /// is known.
+    /// snapshot durable (less what the running one already synced): at the rate snapshots make
+    /// bytes durable (the finished ones, else the running one once it synced a first piece),
+    /// else at a quarter of `disk_rate` (a cautious guess: each byte is read back, written and
+    /// synced, and syncing buffered writes is slower than large direct ones). `None` when no
+    /// rate is known.
     pub(crate) fn estimate(&self, backlog: u64, disk_rate: Option<f64>) -> Option<Duration> {
-        let copied = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
-        let remaining = backlog.saturating_sub(copied) as f64;
-        let (bytes, took) = self.written;
-        if bytes > 0 {
-            let rate = bytes as f64 / took.as_secs_f64().max(1e-6);
-            return Some(Duration::from_secs_f64(remaining / rate));
-        }
-        let disk = disk_rate.filter(|r| *r > 0.0)?;
-        let copy = match &self.running {
-            Some(r) if copied > 0 => copied as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
-            _ => disk,
+        let synced = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
+        let rate = match (self.written, &self.running) {
+            ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
+            (_, Some(r)) if synced > 0 => synced as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
+            _ => disk_rate.filter(|r| *r > 0.0)? / 4.0,
         };
-        Some(Duration::from_secs_f64(remaining / copy + backlog as f64 / disk))
+        Some(Duration::from_secs_f64(backlog.saturating_sub(synced) as f64 / rate))
     }
 
     /// Before a commit whose newest round is `last_round`: stops a snapshot that started after
