@@ -156,3 +156,26 @@ fn small_changes_are_not_worth_a_snapshot() {
     store.commit(&dir, 1).unwrap();
     check(&dir, &want, &[]);
 }
+
+#[test]
+fn snapshots_left_by_a_dead_receiver_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The pid of a process that has exited.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let me = std::process::id();
+    let stale = [format!(".pagestream-snapshot-{dead}-0"), format!("..pagestream-snapshot-{dead}-1.tmp-{dead}-3")];
+    let live = format!(".pagestream-snapshot-{me}-7");
+    let other = ".unrelated-9".to_string();
+    for name in stale.iter().chain([&live, &other]) {
+        std::fs::create_dir(tmp.path().join(name)).unwrap();
+        std::fs::write(tmp.path().join(name).join("pages-1.img"), b"x").unwrap();
+    }
+    let mut store = PageStore::new(tmp.path(), PS).unwrap();
+    store.enable_snapshots();
+    let mut names: Vec<_> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec![live, other], "only the dead receiver's snapshots go");
+}

@@ -69,8 +69,11 @@ pub(crate) struct Snapshots {
 }
 
 impl Snapshots {
-    /// Snapshots in hidden directories under `dir` (next to the destination).
+    /// Snapshots in hidden directories under `dir` (next to the destination). Snapshot
+    /// directories a receiver that no longer runs left there (killed before it could clean up)
+    /// are removed first.
     pub(crate) fn new(dir: &Path, page_size: u64) -> Self {
+        remove_stale(dir);
         Self { dir: dir.to_path_buf(), page_size, done: Vec::new(), running: None, written: (0, Duration::ZERO) }
     }
 
@@ -98,7 +101,7 @@ impl Snapshots {
     ) -> Result<(), StoreError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!(".pagestream-snapshot-{}-{seq}", std::process::id()));
+        let path = self.dir.join(format!(".{SNAPSHOT_PREFIX}{}-{seq}", std::process::id()));
         let mut w = ImageDirWriter::create(&path, self.page_size, 1)?;
         if !self.done.is_empty() {
             w.set_parent(Path::new(&format!("../pre-{}", self.done.len())))?;
@@ -183,6 +186,32 @@ impl Snapshots {
         // They belong to `w` now (which removes them if it is not committed).
         self.done.clear();
         Ok(())
+    }
+}
+
+/// What every snapshot directory's name holds, followed by the writer's pid.
+const SNAPSHOT_PREFIX: &str = "pagestream-snapshot-";
+
+/// Removes the snapshot directories in `dir` (finished ones and the writer's temporary ones)
+/// whose writing process is gone.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix('.').and_then(|n| n.trim_start_matches('.').strip_prefix(SNAPSHOT_PREFIX))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a snapshot left by a receiver that is gone"),
+            Err(e) => tracing::warn!(path = %path.display(), "could not remove a stale snapshot: {e}"),
+        }
     }
 }
 
