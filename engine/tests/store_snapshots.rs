@@ -58,7 +58,7 @@ fn wait_for_snapshot(store: &mut PageStore, round: u32) -> bool {
 fn commit_over_snapshots_is_a_chain_with_the_newest_pages() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = PageStore::new(tmp.path(), PS).unwrap();
-    store.enable_snapshots();
+    store.enable_snapshots().unwrap();
     let mut want = Want::new();
     // Round 0: 2048 pages (8 MiB), every 10th zero.
     for i in 0..2048 {
@@ -102,7 +102,8 @@ fn commit_over_snapshots_is_a_chain_with_the_newest_pages() {
     let present: u64 =
         top.pagemap(ID).unwrap().pagemap.entries.iter().filter(|e| e.flags.is_present()).map(|e| e.nr_pages).sum();
     assert_eq!(present, 2048_u64.div_ceil(97), "only round 2's pages are written at commit");
-    // Nothing else is left next to it.
+    // Nothing else is left next to it once the store is gone.
+    drop(store);
     let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("img")]);
 }
@@ -130,7 +131,7 @@ fn a_store_dropped_without_commit_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let mut store = PageStore::new(tmp.path(), PS).unwrap();
-        store.enable_snapshots();
+        store.enable_snapshots().unwrap();
         let mut want = Want::new();
         for i in 0..4096 {
             put(&mut store, &mut want, 0, i, i);
@@ -146,7 +147,7 @@ fn a_store_dropped_without_commit_leaves_nothing() {
 fn small_changes_are_not_worth_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = PageStore::new(tmp.path(), PS).unwrap();
-    store.enable_snapshots();
+    store.enable_snapshots().unwrap();
     let mut want = Want::new();
     for i in 0..100 {
         put(&mut store, &mut want, 0, i, i);
@@ -158,24 +159,46 @@ fn small_changes_are_not_worth_a_snapshot() {
 }
 
 #[test]
-fn snapshots_left_by_a_dead_receiver_are_removed() {
+fn snapshots_whose_owner_is_gone_are_removed_and_live_ones_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    // The pid of a process that has exited.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    let me = std::process::id();
-    let stale = [format!(".pagestream-snapshot-{dead}-0"), format!("..pagestream-snapshot-{dead}-1.tmp-{dead}-3")];
-    let live = format!(".pagestream-snapshot-{me}-7");
-    let other = ".unrelated-9".to_string();
-    for name in stale.iter().chain([&live, &other]) {
-        std::fs::create_dir(tmp.path().join(name)).unwrap();
-        std::fs::write(tmp.path().join(name).join("pages-1.img"), b"x").unwrap();
+    let names = |dir: &Path| {
+        let mut n: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    // A live owner (another store, as another receiver would be) and one of its directories.
+    let mut live = PageStore::new(tmp.path(), PS).unwrap();
+    live.enable_snapshots().unwrap();
+    let lock = names(tmp.path()).into_iter().find(|n| n.ends_with(".lock")).expect("the live owner's lock file");
+    let tag = lock.trim_start_matches(".pagestream-snapshot-").trim_end_matches(".lock").to_string();
+    let kept = format!(".pagestream-snapshot-{tag}-77");
+    // A gone owner: an unlocked lock file, a finished and a temporary directory; an orphan
+    // directory without any lock file; something unrelated.
+    let gone = [
+        ".pagestream-snapshot-999999-0.lock".to_string(),
+        ".pagestream-snapshot-999999-0-0".to_string(),
+        "..pagestream-snapshot-999999-0-1.tmp-999999-4".to_string(),
+        ".pagestream-snapshot-5-5-0".to_string(),
+    ];
+    for name in gone.iter().chain([&kept, &".unrelated-9".to_string()]) {
+        if name.ends_with(".lock") {
+            std::fs::write(tmp.path().join(name), b"").unwrap();
+        } else {
+            std::fs::create_dir(tmp.path().join(name)).unwrap();
+            std::fs::write(tmp.path().join(name).join("pages-1.img"), b"x").unwrap();
+        }
     }
     let mut store = PageStore::new(tmp.path(), PS).unwrap();
-    store.enable_snapshots();
-    let mut names: Vec<_> =
-        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    assert_eq!(names, vec![live, other], "only the dead receiver's snapshots go");
+    store.enable_snapshots().unwrap();
+    let left = names(tmp.path());
+    for name in &gone {
+        assert!(!left.contains(name), "{name} should be gone: {left:?}");
+    }
+    assert!(left.contains(&kept) && left.contains(&lock) && left.contains(&".unrelated-9".to_string()), "{left:?}");
+    // Owners remove their lock files when they go.
+    drop(store);
+    drop(live);
+    std::fs::remove_dir_all(tmp.path().join(&kept)).unwrap();
+    assert_eq!(names(tmp.path()), vec![".unrelated-9".to_string()]);
 }

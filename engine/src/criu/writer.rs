@@ -33,6 +33,8 @@ pub struct PagemapWriter {
     owed: u64,
     /// Whether the file ends in a hole (its length must then be set explicitly).
     hole_at_end: bool,
+    /// Bytes of the pages file laid out (data written and holes).
+    laid_out: u64,
 }
 
 impl PagemapWriter {
@@ -77,6 +79,7 @@ impl PagemapWriter {
         }
         self.pages.write_all(data).map_err(|e| ImageError::io(&self.pages_path, e))?;
         self.owed -= data.len() as u64;
+        self.laid_out += data.len() as u64;
         self.hole_at_end &= data.is_empty();
         Ok(())
     }
@@ -92,24 +95,27 @@ impl PagemapWriter {
             .map_err(|_| ImageError::file(&self.pages_path, ImageErrorKind::Invalid("hole too large".into())))?;
         self.pages.seek(SeekFrom::Current(off)).map_err(|e| ImageError::io(&self.pages_path, e))?;
         self.owed -= len;
+        self.laid_out += len;
         self.hole_at_end = true;
         Ok(())
     }
 
     /// Bytes of the pages file laid out so far (data written and holes).
-    pub fn laid_out(&mut self) -> Result<u64, ImageError> {
-        self.pages.stream_position().map_err(|e| ImageError::io(&self.pages_path, e))
+    pub fn laid_out(&self) -> u64 {
+        self.laid_out
     }
 
     /// Writes `data` at byte `offset` of the pages file, inside what is already laid out (for
     /// example as holes by [`write_zeros`](Self::write_zeros)): fills page data in any order.
     pub fn write_data_at(&mut self, data: &[u8], offset: u64) -> Result<(), ImageError> {
-        let end = self.laid_out()?;
+        let end = self.laid_out;
         if offset.checked_add(data.len() as u64).is_none_or(|e| e > end) {
             let msg = format!("{} bytes at {offset} lie beyond the {end} bytes laid out", data.len());
             return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
         }
-        self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        if !self.pages.buffer().is_empty() {
+            self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        }
         self.pages.get_ref().write_all_at(data, offset).map_err(|e| ImageError::io(&self.pages_path, e))
     }
 
@@ -224,6 +230,7 @@ impl ImageDirWriter {
             pages_path,
             pages: BufWriter::with_capacity(1 << 20, file),
             prev_end: 0,
+            laid_out: 0,
             owed: 0,
             hole_at_end: false,
         };

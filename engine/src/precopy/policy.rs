@@ -7,7 +7,8 @@
 //! estimate fits the downtime budget, when rounds stop shrinking (the process dirties memory as
 //! fast as we send it), at the round limit, or at the deadline. When the pages would fit but
 //! the destination's commit would not, it waits a little and sends another round (shrinking is
-//! not judged then: the rounds are small anyway).
+//! not judged then: the rounds are small anyway), as long as that commit estimate keeps coming
+//! down.
 
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ impl Default for PreCopyPolicy {
     }
 }
 
+/// Rounds over which a destination's commit estimate must come down for pre-copy to keep
+/// waiting for it.
+pub const STALL_ROUNDS: usize = 4;
+
 /// The longest [`Verdict::Wait`].
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
@@ -120,8 +125,12 @@ impl PreCopyPolicy {
         if round + 1 >= self.max_rounds {
             return (Verdict::Stop(StopReason::MaxRounds), est);
         }
-        if let Some(t) = transfer.filter(|t| *t <= self.downtime) {
-            // The pages fit; the destination's commit does not yet.
+        // The pages fit and the destination's commit does not yet: wait while its estimate
+        // comes down (a background write making progress), not once it stalled. Progress comes
+        // in steps (the destination syncs in pieces), so it is judged over several rounds.
+        let earlier = history.len().checked_sub(1 + STALL_ROUNDS).and_then(|i| history[i].commit);
+        let commit_coming_down = earlier.is_none_or(|e| commit < e);
+        if let Some(t) = transfer.filter(|t| *t <= self.downtime && commit_coming_down) {
             let over = (t + commit).saturating_sub(self.downtime);
             return (Verdict::Wait(over.min(MAX_WAIT)), est);
         }
@@ -171,6 +180,13 @@ mod tests {
         assert!(matches!(v, Verdict::Wait(w) if (w.as_secs_f64() - 0.05).abs() < 1e-6), "{v:?}");
         let h = [m(10_000, 1000), slow(5)];
         assert_eq!(p.decide(&h, 1, 400, Duration::ZERO).0, Verdict::Stop(StopReason::FitsDowntime));
+        // A commit estimate that stopped coming down over STALL_ROUNDS rounds (nothing being
+        // written) is not waited for; a pause between two steps of progress is.
+        let long = PreCopyPolicy { max_rounds: 30, ..p.clone() };
+        let h = [m(10_000, 1000), slow(250), slow(200), slow(200), slow(200), slow(200)];
+        assert_eq!(long.decide(&h, 5, 400, Duration::ZERO).0, Verdict::Wait(MAX_WAIT));
+        let h = [m(10_000, 1000), slow(200), slow(200), slow(200), slow(200), slow(200)];
+        assert_eq!(long.decide(&h, 5, 400, Duration::ZERO).0, Verdict::Continue);
         // The round limit still holds.
         let h = [m(10_000, 1000), slow(200)];
         assert_eq!(p.decide(&h, 4, 400, Duration::ZERO).0, Verdict::Stop(StopReason::MaxRounds));

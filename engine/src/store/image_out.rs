@@ -62,6 +62,9 @@ pub(crate) fn write_pages(
     while let Some(&(id, _, _)) = pages.peek() {
         let pm = w.open_pagemap(id)?;
         while let Some((_, start, first)) = pages.next_if(|p| p.0 == id) {
+            if cancelled() {
+                return Err(StoreError::Cancelled);
+            }
             // One maximal stretch of consecutive pages that are all in the parent or all not.
             let parent = first == Staged::Parent;
             group.clear();
@@ -79,7 +82,7 @@ pub(crate) fn write_pages(
                 continue;
             }
             pm.push_entry(PagemapEntry { vaddr: start, nr_pages: run.nr_pages, flags: PageFlags::PRESENT })?;
-            let at = pm.laid_out()?;
+            let at = pm.laid_out();
             for (k, s) in group.iter().enumerate() {
                 if let Staged::Data(from) = *s {
                     copies.push(PageCopy { from, id, to: at + k as u64 * ps });

@@ -24,7 +24,9 @@ impl LocalSink {
     pub fn new(dir: &Path, page_size: u64) -> Result<Self, SinkError> {
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut store = PageStore::new(parent, page_size).map_err(|e| SinkError::Refused(e.to_string()))?;
-        store.enable_snapshots();
+        if let Err(e) = store.enable_snapshots() {
+            tracing::warn!("no background snapshots (the whole image is written at commit): {e}");
+        }
         Ok(Self { store, dir: dir.to_path_buf(), round: 0, stats: SinkStats::default(), aborted: false })
     }
 }

@@ -5,6 +5,7 @@ mod image_out;
 pub mod local_sink;
 pub mod page_store;
 pub mod snapshot;
+mod snapshot_owner;
 
 pub use local_sink::LocalSink;
 pub use page_store::{PageStore, StoreError};

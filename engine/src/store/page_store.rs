@@ -122,10 +122,11 @@ impl PageStore {
 
     /// Lets [`snapshot`](Self::snapshot) write background parent images (in `staging_dir`, which
     /// must be on the destination's file system); the commit then makes a pre-dump chain.
-    pub fn enable_snapshots(&mut self) {
+    pub fn enable_snapshots(&mut self) -> Result<(), StoreError> {
         if self.snapshots.is_none() {
-            self.snapshots = Some(Snapshots::new(&self.staging_dir, self.page_size));
+            self.snapshots = Some(Snapshots::new(&self.staging_dir, self.page_size)?);
         }
+        Ok(())
     }
 
     /// Starts a background snapshot of every page whose newest round is `upto_round` or
@@ -137,21 +138,22 @@ impl PageStore {
         if !s.can_start() || s.newest().is_some_and(|n| n.upto_round >= upto_round) {
             return Ok(false);
         }
-        self.flush_pending()?;
         let ps = self.page_size;
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
-        let mut pages: HashMap<PagemapId, PageRunSet> = HashMap::new();
-        let mut plan = Vec::new();
-        let mut fresh = 0u64;
-        for (&(id, vaddr), slot) in self.index.iter().filter(|(_, s)| s.round <= upto_round) {
-            pages.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert_page(vaddr);
-            let staged = slot.staged_over(newest, id, vaddr);
-            fresh += u64::from(matches!(staged, Staged::Data(_)));
-            plan.push((id, vaddr, staged));
-        }
-        if fresh * ps < MIN_SNAPSHOT_BYTES {
+        let held = self.index.iter().filter(|(_, s)| s.round <= upto_round);
+        // Counted before anything is built: most calls (small later rounds) stop here.
+        let fresh =
+            held.clone().filter(|(&(id, v), s)| matches!(s.staged_over(newest, id, v), Staged::Data(_))).count();
+        if fresh as u64 * ps < MIN_SNAPSHOT_BYTES {
             return Ok(false);
         }
+        let mut pages: HashMap<PagemapId, PageRunSet> = HashMap::new();
+        let mut plan = Vec::new();
+        for (&(id, vaddr), slot) in held {
+            pages.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert_page(vaddr);
+            plan.push((id, vaddr, slot.staged_over(newest, id, vaddr)));
+        }
+        self.flush_pending()?;
         let staging = self.cached.try_clone()?;
         match self.snapshots.as_mut() {
             Some(s) => s.start(upto_round, pages, plan, staging).map(|()| true),
@@ -160,10 +162,9 @@ impl PageStore {
     }
 
     /// How long a commit would take now beyond the final round's own pages: the page bytes not
-    /// in the newest finished snapshot at the rate snapshots are written (before one finished,
-    /// from its copy rate and the disk rate the staging writes saw; `None` without snapshots or
-    /// any rate). Senders fold it into their
-    /// downtime estimate.
+    /// in the newest finished snapshot at the rate snapshots make them durable (before one
+    /// has synced anything, a guess from the staging's direct writes; `None` without snapshots
+    /// or any rate). Senders fold it into their downtime estimate.
     pub fn commit_estimate(&self) -> Option<Duration> {
         let snaps = self.snapshots.as_ref()?;
         let newest = snaps.newest();
@@ -201,7 +202,10 @@ impl PageStore {
             let data = &self.pending.as_slice()[..self.pending_used];
             let t0 = std::time::Instant::now();
             Self::write_staging(&self.staging, &mut self.direct, data, self.pending_from)?;
-            self.staged_io = (self.staged_io.0 + data.len() as u64, self.staged_io.1 + t0.elapsed());
+            if self.direct {
+                // Only direct writes tell the disk's rate (buffered ones tell the page cache's).
+                self.staged_io = (self.staged_io.0 + data.len() as u64, self.staged_io.1 + t0.elapsed());
+            }
             self.pending_from += self.pending_used as u64;
             self.pending_used = 0;
         }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::image_out::{write_pages, Staged};
 use super::page_store::StoreError;
+use super::snapshot_owner::SnapshotOwner;
 use crate::criu::{ImageDirWriter, PagemapId};
 use crate::PageRunSet;
 
@@ -54,27 +55,29 @@ struct Running {
     /// Page bytes written and synced so far.
     copied: Arc<AtomicU64>,
     started: Instant,
-    handle: JoinHandle<Result<(), StoreError>>,
+    /// The thread's result: how long writing and syncing took.
+    handle: JoinHandle<Result<Duration, StoreError>>,
 }
 
 /// The snapshots of one store; see the module documentation.
 pub(crate) struct Snapshots {
-    dir: PathBuf,
     page_size: u64,
     done: Vec<Snapshot>,
     running: Option<Running>,
     /// Page bytes of the finished snapshots and the time they took (write and fsync): the rate
     /// the commit's own writes are estimated with.
     written: (u64, Duration),
+    // Declared last: its lock file goes after the directories `Drop` removes.
+    owner: SnapshotOwner,
+    next_seq: u64,
 }
 
 impl Snapshots {
-    /// Snapshots in hidden directories under `dir` (next to the destination). Snapshot
-    /// directories a receiver that no longer runs left there (killed before it could clean up)
-    /// are removed first.
-    pub(crate) fn new(dir: &Path, page_size: u64) -> Self {
-        remove_stale(dir);
-        Self { dir: dir.to_path_buf(), page_size, done: Vec::new(), running: None, written: (0, Duration::ZERO) }
+    /// Snapshots in hidden directories under `dir` (next to the destination); those a
+    /// receiver that is gone left there are removed first ([`SnapshotOwner`]).
+    pub(crate) fn new(dir: &Path, page_size: u64) -> std::io::Result<Self> {
+        let owner = SnapshotOwner::new(dir)?;
+        Ok(Self { owner, next_seq: 0, page_size, done: Vec::new(), running: None, written: (0, Duration::ZERO) })
     }
 
     /// Whether another snapshot may start now (none running, fewer than [`MAX_SNAPSHOTS`]).
@@ -99,9 +102,8 @@ impl Snapshots {
         plan: Vec<(PagemapId, u64, Staged)>,
         staging: File,
     ) -> Result<(), StoreError> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!(".{SNAPSHOT_PREFIX}{}-{seq}", std::process::id()));
+        let path = self.owner.path(self.next_seq);
+        self.next_seq += 1;
         let mut w = ImageDirWriter::create(&path, self.page_size, 1)?;
         if !self.done.is_empty() {
             w.set_parent(Path::new(&format!("../pre-{}", self.done.len())))?;
@@ -111,12 +113,13 @@ impl Snapshots {
         let (stop, count) = (cancel.clone(), copied.clone());
         let ps = self.page_size;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
+            let t0 = Instant::now();
             let mut read = |buf: &mut [u8], off: u64| Ok(staging.read_exact_at(buf, off)?);
             let synced = |bytes| count.store(bytes, Ordering::Relaxed);
             let cancelled = || stop.load(Ordering::Relaxed);
             write_pages(&mut w, ps, plan.into_iter(), &mut read, &cancelled, Some(&synced))?;
             w.commit()?;
-            Ok(())
+            Ok(t0.elapsed())
         })?;
         let snapshot = Snapshot { path, upto_round, pages };
         self.running = Some(Running { snapshot, cancel, copied, started: Instant::now(), handle });
@@ -128,8 +131,8 @@ impl Snapshots {
     pub(crate) fn settle(&mut self) {
         let Some(running) = self.running.take() else { return };
         match running.handle.join() {
-            Ok(Ok(())) => {
-                let (bytes, took) = (running.copied.load(Ordering::Relaxed), running.started.elapsed());
+            Ok(Ok(took)) => {
+                let bytes = running.copied.load(Ordering::Relaxed);
                 tracing::debug!(
                     round = running.snapshot.upto_round,
                     bytes,
@@ -140,7 +143,11 @@ impl Snapshots {
                 self.done.push(running.snapshot);
             }
             Ok(Err(StoreError::Cancelled)) => {}
-            Ok(Err(e)) => tracing::warn!(round = running.snapshot.upto_round, "background snapshot failed: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!(round = running.snapshot.upto_round, "background snapshot failed: {e}");
+                // It may have failed after its directory was moved into place.
+                let _ = std::fs::remove_dir_all(&running.snapshot.path);
+            }
             Err(_) => tracing::warn!(round = running.snapshot.upto_round, "background snapshot thread panicked"),
         }
     }
@@ -186,32 +193,6 @@ impl Snapshots {
         // They belong to `w` now (which removes them if it is not committed).
         self.done.clear();
         Ok(())
-    }
-}
-
-/// What every snapshot directory's name holds, followed by the writer's pid.
-const SNAPSHOT_PREFIX: &str = "pagestream-snapshot-";
-
-/// Removes the snapshot directories in `dir` (finished ones and the writer's temporary ones)
-/// whose writing process is gone.
-fn remove_stale(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix('.').and_then(|n| n.trim_start_matches('.').strip_prefix(SNAPSHOT_PREFIX))
-        else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => tracing::info!(path = %path.display(), "removed a snapshot left by a receiver that is gone"),
-            Err(e) => tracing::warn!(path = %path.display(), "could not remove a stale snapshot: {e}"),
-        }
     }
 }
 
