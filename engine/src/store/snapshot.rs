@@ -54,7 +54,9 @@ struct Running {
     cancel: Arc<AtomicBool>,
     /// Page bytes written and synced so far.
     copied: Arc<AtomicU64>,
-    started: Instant,
+    /// When `copied` was last updated (µs since the start): the rate is judged at the syncs,
+    /// so that it does not sag between them.
+    synced_at_us: Arc<AtomicU64>,
     /// The thread's result: how long writing and syncing took.
     handle: JoinHandle<Result<Duration, StoreError>>,
 }
@@ -110,19 +112,23 @@ impl Snapshots {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let copied = Arc::new(AtomicU64::new(0));
-        let (stop, count) = (cancel.clone(), copied.clone());
+        let synced_at_us = Arc::new(AtomicU64::new(0));
+        let (stop, count, at) = (cancel.clone(), copied.clone(), synced_at_us.clone());
         let ps = self.page_size;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
             let t0 = Instant::now();
             let mut read = |buf: &mut [u8], off: u64| Ok(staging.read_exact_at(buf, off)?);
-            let synced = |bytes| count.store(bytes, Ordering::Relaxed);
+            let synced = |bytes| {
+                at.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                count.store(bytes, Ordering::Relaxed);
+            };
             let cancelled = || stop.load(Ordering::Relaxed);
             write_pages(&mut w, ps, plan.into_iter(), &mut read, &cancelled, Some(&synced))?;
             w.commit()?;
             Ok(t0.elapsed())
         })?;
         let snapshot = Snapshot { path, upto_round, pages };
-        self.running = Some(Running { snapshot, cancel, copied, started: Instant::now(), handle });
+        self.running = Some(Running { snapshot, cancel, copied, synced_at_us, handle });
         Ok(())
     }
 
@@ -162,7 +168,10 @@ impl Snapshots {
         let synced = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
         let rate = match (self.written, &self.running) {
             ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
-            (_, Some(r)) if synced > 0 => synced as f64 / r.started.elapsed().as_secs_f64().max(1e-6),
+            (_, Some(r)) if synced > 0 => {
+                let at = Duration::from_micros(r.synced_at_us.load(Ordering::Relaxed));
+                synced as f64 / at.as_secs_f64().max(1e-6)
+            }
             _ => disk_rate.filter(|r| *r > 0.0)? / 4.0,
         };
         Some(Duration::from_secs_f64(backlog.saturating_sub(synced) as f64 / rate))
