@@ -88,7 +88,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     printer.summary(
         &report,
         json!({ "tracker": kind, "verified": verify.is_equal(), "pages_compared": verify.pages,
-                "receiver_pages": session.pages, "images_dir": kept }),
+                "receiver_pages": session.pages, "images_dir": kept, "receiver_snapshots": session.snapshots,
+                "commit_written_bytes": session.commit_written_bytes }),
     );
     if !verify.is_equal() {
         bail!("the image differs from the workload's memory: {verify:?}");

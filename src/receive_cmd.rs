@@ -47,8 +47,15 @@ pub fn run(listen: SocketAddr, images_dir: &Path, tls: &TlsArgs, as_json: bool, 
         .with_context(|| format!("migration into {} failed; nothing was written", images_dir.display()))?;
     if as_json {
         let line = json!({ "summary": true, "dir": report.dir, "rounds": report.rounds, "pages": report.pages,
-                           "wire_bytes": report.wire_bytes, "peer": report.peer.to_string() });
+                           "wire_bytes": report.wire_bytes, "peer": report.peer.to_string(),
+                           "snapshots": report.snapshots, "commit_written_bytes": report.commit_written_bytes });
         println!("{line}");
+    } else {
+        println!(
+            "{} background snapshot(s) during pre-copy; {} written at commit",
+            report.snapshots,
+            crate::round_report::human_bytes(report.commit_written_bytes)
+        );
     }
     Ok(())
 }

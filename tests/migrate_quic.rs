@@ -119,6 +119,13 @@ fn demo_keeps_images_that_verify_and_decode_with_crit() {
     let o = pagestream(&["demo", "--size", "16M", "--images-dir", images.to_str().unwrap()]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("verified: true"), "{}", stdout(&o));
+    let snapshots: usize = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("receiver_snapshots: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the demo reports the receiver's snapshots");
+    assert!(snapshots >= 1, "{}", stdout(&o));
+    assert!(images.join(format!("pre-{snapshots}")).is_dir());
     let parent = std::fs::read_link(images.join("parent")).expect("a chain over the receiver's snapshots");
     assert!(parent.to_string_lossy().starts_with("pre-"), "{parent:?}");
     let o = pagestream(&["image", "verify", images.to_str().unwrap()]);

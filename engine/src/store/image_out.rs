@@ -42,7 +42,7 @@ const SYNC_BYTES: u64 = 128 << 20;
 /// from the staging file; `cancelled` is asked between copies and stops the write with
 /// [`StoreError::Cancelled`]. With `synced`, the data is made durable every [`SYNC_BYTES`] and
 /// at the end, and `synced` is told how many bytes are durable so far: the writer's progress
-/// then measures the disk, not the page cache.
+/// then measures the disk, not the page cache. Returns the page bytes copied.
 ///
 /// First every pagemap is laid out in address order (entries, and the pages files' data as
 /// holes); then the data is copied in staging order, so staging is read in large sequential
@@ -54,7 +54,7 @@ pub(crate) fn write_pages(
     read: &mut StagingRead<'_>,
     cancelled: &dyn Fn() -> bool,
     synced: Option<&dyn Fn(u64)>,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let ps = page_size;
     let mut copies = Vec::new();
     let mut pages = pages.peekable();
@@ -130,5 +130,5 @@ pub(crate) fn write_pages(
             since_sync = 0;
         }
     }
-    Ok(())
+    Ok(written)
 }

@@ -70,8 +70,8 @@ impl PageSink for LocalSink {
         if self.aborted {
             return Err(SinkError::Aborted("aborted before commit".into()));
         }
-        let dir = self.store.commit(&self.dir, 1).map_err(|e| SinkError::Refused(e.to_string()))?;
-        Ok(CommitReceipt { location: dir.display().to_string(), pages: self.store.len_pages() })
+        let image = self.store.commit(&self.dir, 1).map_err(|e| SinkError::Refused(e.to_string()))?;
+        Ok(CommitReceipt { location: image.dir.display().to_string(), pages: self.store.len_pages() })
     }
 
     fn abort(&mut self, _reason: &str) {

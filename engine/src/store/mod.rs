@@ -8,5 +8,5 @@ pub mod snapshot;
 mod snapshot_owner;
 
 pub use local_sink::LocalSink;
-pub use page_store::{PageStore, StoreError};
+pub use page_store::{CommittedImage, PageStore, StoreError};
 pub use snapshot::MAX_SNAPSHOTS;

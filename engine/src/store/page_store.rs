@@ -71,6 +71,17 @@ struct Slot {
     offset: Option<u64>,
 }
 
+/// What a commit made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedImage {
+    /// The image directory.
+    pub dir: PathBuf,
+    /// Background snapshots it holds (`pre-1` ..), the levels of its pre-dump chain.
+    pub snapshots: usize,
+    /// Page bytes the commit itself wrote (the rest was in the snapshots).
+    pub written_bytes: u64,
+}
+
 /// Pages received so far, staged on disk.
 pub struct PageStore {
     page_size: u64,
@@ -349,7 +360,7 @@ impl PageStore {
     /// it waits for the one being written and holds only what changed since the newest, over
     /// the snapshots moved inside it (see [`snapshot`](super::snapshot)). Atomic: nothing
     /// appears at `final_path` unless everything was written and synced.
-    pub fn commit(&mut self, final_path: &Path, pages_id_base: u32) -> Result<PathBuf, StoreError> {
+    pub fn commit(&mut self, final_path: &Path, pages_id_base: u32) -> Result<CommittedImage, StoreError> {
         let last_round = self.per_round.keys().max().copied();
         if let Some(s) = self.snapshots.as_mut() {
             s.settle_for_commit(last_round);
@@ -357,11 +368,13 @@ impl PageStore {
         let mut w = ImageDirWriter::create(final_path, self.page_size, pages_id_base)?;
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
         let plan = self.index.iter().map(|(&(id, vaddr), slot)| (id, vaddr, slot.staged_over(newest, id, vaddr)));
-        write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None)?;
-        if let Some(s) = self.snapshots.as_mut() {
-            s.adopt_into(&mut w)?;
-        }
-        Ok(w.commit()?)
+        let written_bytes =
+            write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None)?;
+        let snapshots = match self.snapshots.as_mut() {
+            Some(s) => s.adopt_into(&mut w)?,
+            None => 0,
+        };
+        Ok(CommittedImage { dir: w.commit()?, snapshots, written_bytes })
     }
 }
 

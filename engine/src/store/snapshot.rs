@@ -190,8 +190,8 @@ impl Snapshots {
     }
 
     /// Moves every finished snapshot into `w`'s directory as `pre-1`, `pre-2`, ... and links
-    /// `w` to the newest.
-    pub(crate) fn adopt_into(&mut self, w: &mut ImageDirWriter) -> Result<(), StoreError> {
+    /// `w` to the newest; returns how many.
+    pub(crate) fn adopt_into(&mut self, w: &mut ImageDirWriter) -> Result<usize, StoreError> {
         for (k, snap) in self.done.iter().enumerate() {
             let to = w.tmp_path().join(format!("pre-{}", k + 1));
             std::fs::rename(&snap.path, &to)?;
@@ -200,8 +200,9 @@ impl Snapshots {
             w.set_parent(Path::new(&format!("pre-{}", self.done.len())))?;
         }
         // They belong to `w` now (which removes them if it is not committed).
+        let n = self.done.len();
         self.done.clear();
-        Ok(())
+        Ok(n)
     }
 }
 

@@ -103,6 +103,10 @@ pub struct SessionReport {
     pub wire_bytes: u64,
     /// The sender's address.
     pub peer: SocketAddr,
+    /// Background snapshots written during pre-copy (the levels of the image's pre-dump chain).
+    pub snapshots: usize,
+    /// Page bytes the commit itself wrote while the source was frozen.
+    pub commit_written_bytes: u64,
 }
 
 /// A QUIC page-stream server. `Sync`: [`close`](Self::close) may be called from another thread

@@ -5,7 +5,7 @@
 //! sender.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,8 +251,8 @@ impl<'a> Session<'a> {
                     ops.send(StoreOp::Commit { total_pages, dir, done }).await.map_err(|_| closed())?;
                     // Not cancelled by a lost connection: the worker must finish (or fail) the
                     // commit before this session can decide what to leave behind.
-                    let Committed { dir, pages } = rx.await.unwrap_or_else(|_| Err(self.fault.take()))?;
-                    return self.acknowledge(dir, pages, rounds, peer, on_event).await;
+                    let committed = rx.await.unwrap_or_else(|_| Err(self.fault.take()))?;
+                    return self.acknowledge(committed, rounds, peer, on_event).await;
                 }
                 ControlFrame::Abort { reason } => return Err(TransportError::Aborted(reason)),
                 other => {
@@ -264,12 +264,12 @@ impl<'a> Session<'a> {
 
     async fn acknowledge(
         &mut self,
-        dir: PathBuf,
-        pages: u64,
+        committed: Committed,
         rounds: u32,
         peer: SocketAddr,
         on_event: &mut impl FnMut(ReceiverEvent),
     ) -> Result<SessionReport, TransportError> {
+        let Committed { dir, pages, snapshots, written_bytes } = committed;
         let location = bounded_reason(&dir.display().to_string());
         if let Err(e) = self.send(&ControlFrame::CommitAck { location, pages }).await {
             // The sender cannot have the acknowledgement: it keeps its process, and we keep nothing.
@@ -279,13 +279,21 @@ impl<'a> Session<'a> {
         if let Some(control) = &mut self.control {
             control.finish();
         }
-        tracing::info!(dir = %dir.display(), pages, rounds, "session committed");
+        tracing::info!(dir = %dir.display(), pages, rounds, snapshots, written_bytes, "session committed");
         on_event(ReceiverEvent::Committed { dir: dir.clone(), pages });
         // Give the sender a moment to read the acknowledgement and close.
         let limit = self.cfg.idle_timeout;
         let _ = tokio::time::timeout(limit, self.conn.closed()).await;
         self.committed = true;
-        Ok(SessionReport { dir, rounds, pages, wire_bytes: self.wire_bytes(), peer })
+        Ok(SessionReport {
+            dir,
+            rounds,
+            pages,
+            wire_bytes: self.wire_bytes(),
+            peer,
+            snapshots,
+            commit_written_bytes: written_bytes,
+        })
     }
 }
 

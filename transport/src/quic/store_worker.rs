@@ -28,6 +28,10 @@ pub struct Committed {
     pub dir: PathBuf,
     /// Distinct pages it holds.
     pub pages: u64,
+    /// Background snapshots in its pre-dump chain.
+    pub snapshots: usize,
+    /// Page bytes written by the commit itself.
+    pub written_bytes: u64,
 }
 
 /// Work for the store worker.
@@ -209,7 +213,10 @@ impl Worker {
         if let Some((_, dir, done)) = self.commit_waiter.take() {
             let answer = answer.unwrap_or_else(|| {
                 let pages = self.store.len_pages();
-                self.store.commit(&dir, 1).map(|dir| Committed { dir, pages }).map_err(TransportError::from)
+                self.store
+                    .commit(&dir, 1)
+                    .map(|c| Committed { dir: c.dir, pages, snapshots: c.snapshots, written_bytes: c.written_bytes })
+                    .map_err(TransportError::from)
             });
             if let Err(Ok(orphan)) = done.send(answer) {
                 // Nobody is left to acknowledge it: a failed session leaves no directory.
