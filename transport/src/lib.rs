@@ -15,4 +15,5 @@ pub mod criu_ps;
 pub mod lazy;
 pub mod quic;
 pub mod relay;
+mod sticky;
 pub mod wire;

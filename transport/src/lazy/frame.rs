@@ -21,6 +21,7 @@
 //! knows the page size, checks every length before buffering and never panics on arbitrary
 //! bytes; it stays failed after its first error.
 
+use crate::sticky::Sticky;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use lz4_flex::block::{compress_into, decompress_into, get_maximum_output_size};
 use pagestream_engine::criu::PagemapId;
@@ -192,8 +193,7 @@ impl LazyEncoder {
 #[derive(Debug, Clone)]
 pub struct LazyDecoder {
     page_size: u64,
-    failed: Option<LazyFrameError>,
-    buffered: usize,
+    sticky: Sticky<LazyFrameError>,
 }
 
 impl LazyDecoder {
@@ -202,29 +202,20 @@ impl LazyDecoder {
         if !page_size.is_power_of_two() || !(256..=MAX_PAGE_SIZE).contains(&page_size) {
             return Err(bad("Hello", format!("page size {page_size} is not a power of two in 256..=65536")));
         }
-        Ok(LazyDecoder { page_size, failed: None, buffered: 0 })
+        Ok(LazyDecoder { page_size, sticky: Sticky::default() })
     }
 
     /// The next complete frame at the front of `buf`; `Ok(None)`: more bytes needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<LazyFrame>, LazyFrameError> {
-        let result = match &self.failed {
-            Some(e) => Err(e.clone()),
-            None => self.step(buf),
-        };
-        self.buffered = buf.len();
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
+        let mut sticky = std::mem::take(&mut self.sticky);
+        let result = sticky.decode(buf, |buf| self.step(buf));
+        self.sticky = sticky;
         result
     }
 
     /// At the end of the stream: an error if it ended inside a frame.
     pub fn finish(&self) -> Result<(), LazyFrameError> {
-        match &self.failed {
-            Some(e) => Err(e.clone()),
-            None if self.buffered == 0 => Ok(()),
-            None => Err(LazyFrameError::Truncated { got: self.buffered as u64 }),
-        }
+        self.sticky.finish(|got| LazyFrameError::Truncated { got: got as u64 })
     }
 
     fn limits(&self, ty: u8) -> Option<(&'static str, usize, usize)> {

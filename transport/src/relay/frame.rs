@@ -33,6 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use lz4_flex::block::{compress_into_with_table, decompress_into, get_maximum_output_size, CompressTable};
 
 use crate::criu_ps::{ProtocolError, PsCommand, RawIov};
+use crate::sticky::Sticky;
 
 /// The relay protocol version carried by Begin.
 pub const RELAY_VERSION: u32 = 2;
@@ -284,8 +285,7 @@ fn limits(ty: u8) -> Option<(&'static str, usize, usize)> {
 /// Streaming decoder of relay frames (either direction). Poisoned by its first error.
 #[derive(Debug, Clone, Default)]
 pub struct FrameDecoder {
-    failed: Option<FrameError>,
-    buffered: usize,
+    sticky: Sticky<FrameError>,
     need: usize,
 }
 
@@ -297,26 +297,16 @@ impl FrameDecoder {
 
     /// Takes the next complete frame from the front of `buf`; `Ok(None)`: more bytes needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RelayFrame>, FrameError> {
-        let result = match &self.failed {
-            Some(e) => Err(e.clone()),
-            None => self.step(buf),
-        };
-        self.buffered = buf.len();
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
+        let mut sticky = std::mem::take(&mut self.sticky);
+        let result = sticky.decode(buf, |buf| self.step(buf));
+        self.sticky = sticky;
         result
     }
 
     /// Call at the end of the stream: fails if it ended inside a frame (or the decoder failed).
     pub fn finish(&self) -> Result<(), FrameError> {
-        match &self.failed {
-            Some(e) => Err(e.clone()),
-            None if self.buffered == 0 => Ok(()),
-            None => {
-                Err(FrameError::Truncated { got: self.buffered as u64, need: self.need.max(FRAME_HEADER_LEN) as u64 })
-            }
-        }
+        let need = self.need.max(FRAME_HEADER_LEN) as u64;
+        self.sticky.finish(|got| FrameError::Truncated { got: got as u64, need })
     }
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<RelayFrame>, FrameError> {

@@ -14,6 +14,7 @@ use super::error::WireError;
 use super::frame::{peek_header, put_header, put_string, BodyReader, FrameType, FRAME_HEADER_LEN, MAX_CONTROL_BODY};
 use super::handshake::Hello;
 use super::MAX_STRING_LEN;
+use crate::sticky::Sticky;
 
 /// Counters one side reports to the other (informational; nothing depends on them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,8 +227,7 @@ pub fn decode_control_body(ty: FrameType, body: &[u8]) -> Result<ControlFrame, W
 /// the session's business, not the codec's).
 #[derive(Debug, Clone, Default)]
 pub struct ControlDecoder {
-    failed: Option<WireError>,
-    buffered: usize,
+    sticky: Sticky<WireError>,
     /// Bytes the frame at the front of the buffer needs (its header, or header and body).
     need: usize,
     frames: u64,
@@ -246,18 +246,13 @@ impl ControlDecoder {
 
     /// Takes the next complete frame from the front of `buf`. `Ok(None)`: more bytes needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<ControlFrame>, WireError> {
-        let result = self.step(buf);
-        self.buffered = buf.len();
-        if let Err(err) = &result {
-            self.failed = Some(err.clone());
-        }
+        let mut sticky = std::mem::take(&mut self.sticky);
+        let result = sticky.decode(buf, |buf| self.step(buf));
+        self.sticky = sticky;
         result
     }
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<ControlFrame>, WireError> {
-        if let Some(err) = &self.failed {
-            return Err(err.clone());
-        }
         self.need = FRAME_HEADER_LEN;
         let Some(header) = peek_header(buf)? else { return Ok(None) };
         if header.ty == FrameType::Run {
@@ -284,13 +279,7 @@ impl ControlDecoder {
     /// Call at the end of the stream, after `decode` returned `Ok(None)`: fails if the stream
     /// ended inside a frame (or the decoder failed).
     pub fn finish(&self) -> Result<(), WireError> {
-        if let Some(err) = &self.failed {
-            return Err(err.clone());
-        }
-        if self.buffered == 0 {
-            return Ok(());
-        }
-        Err(WireError::Truncated { got: self.buffered as u64, need: self.need as u64 })
+        self.sticky.finish(|got| WireError::Truncated { got: got as u64, need: self.need as u64 })
     }
 }
 

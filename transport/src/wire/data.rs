@@ -21,6 +21,7 @@ use pagestream_engine::PageRun;
 use super::error::WireError;
 use super::frame::{peek_header, put_header, FrameType, FRAME_HEADER_LEN};
 use super::handshake::{check_page_size, Codecs};
+use crate::sticky::Sticky;
 
 /// Bytes of a run header.
 pub const RUN_HEADER_LEN: usize = 30;
@@ -374,8 +375,7 @@ impl RunEncoder {
 #[derive(Debug, Clone)]
 pub struct DataDecoder {
     limits: DataLimits,
-    failed: Option<WireError>,
-    buffered: usize,
+    sticky: Sticky<WireError>,
     need: usize,
     runs: u64,
 }
@@ -383,7 +383,7 @@ pub struct DataDecoder {
 impl DataDecoder {
     /// A decoder for a stream under `limits`.
     pub fn new(limits: DataLimits) -> DataDecoder {
-        DataDecoder { limits, failed: None, buffered: 0, need: FRAME_HEADER_LEN, runs: 0 }
+        DataDecoder { limits, sticky: Sticky::default(), need: FRAME_HEADER_LEN, runs: 0 }
     }
 
     /// Runs decoded so far.
@@ -393,18 +393,13 @@ impl DataDecoder {
 
     /// Takes the next complete run from the front of `buf`. `Ok(None)`: more bytes needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<DataRun>, WireError> {
-        let result = self.step(buf);
-        self.buffered = buf.len();
-        if let Err(err) = &result {
-            self.failed = Some(err.clone());
-        }
+        let mut sticky = std::mem::take(&mut self.sticky);
+        let result = sticky.decode(buf, |buf| self.step(buf));
+        self.sticky = sticky;
         result
     }
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<DataRun>, WireError> {
-        if let Some(err) = &self.failed {
-            return Err(err.clone());
-        }
         self.need = FRAME_HEADER_LEN;
         let Some(fh) = peek_header(buf)? else { return Ok(None) };
         if fh.ty != FrameType::Run {
@@ -469,12 +464,6 @@ impl DataDecoder {
     /// Call at the end of the stream, after `decode` returned `Ok(None)`: fails if the stream
     /// ended inside a frame (or the decoder failed).
     pub fn finish(&self) -> Result<(), WireError> {
-        if let Some(err) = &self.failed {
-            return Err(err.clone());
-        }
-        if self.buffered == 0 {
-            return Ok(());
-        }
-        Err(WireError::Truncated { got: self.buffered as u64, need: self.need as u64 })
+        self.sticky.finish(|got| WireError::Truncated { got: got as u64, need: self.need as u64 })
     }
 }
