@@ -202,3 +202,29 @@ fn snapshots_whose_owner_is_gone_are_removed_and_live_ones_kept() {
     std::fs::remove_dir_all(tmp.path().join(&kept)).unwrap();
     assert_eq!(names(tmp.path()), vec![".unrelated-9".to_string()]);
 }
+
+#[test]
+fn a_page_stored_again_after_the_snapshot_was_planned_is_not_taken_from_it() {
+    // The snapshot of round 1 is taken while round 1 is still arriving (the API allows it), and
+    // a page of round 1 is stored again afterwards: the commit must hold the newer copy.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = PageStore::new(tmp.path(), PS).unwrap();
+    store.enable_snapshots().unwrap();
+    let mut want = Want::new();
+    for i in 0..1100 {
+        put(&mut store, &mut want, 1, i, i);
+    }
+    assert!(store.snapshot(1).unwrap());
+    // Wait until it is written (a second snapshot can start only then), so it surely holds the
+    // first copies.
+    for i in 2000..3100 {
+        put(&mut store, &mut want, 1, i, i);
+    }
+    assert!(wait_for_snapshot(&mut store, 2));
+    put(&mut store, &mut want, 1, 5, 77_777);
+    store.put_zero(1, ID, PageRun::new(BASE + 6 * PS, 1)).unwrap();
+    want.insert(6, None);
+    let dir = tmp.path().join("img");
+    store.commit(&dir, 1).unwrap();
+    check(&dir, &want, &[]);
+}

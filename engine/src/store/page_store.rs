@@ -66,6 +66,9 @@ enum Content {
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     round: u32,
+    /// When this content was stored (the store's write sequence): a snapshot holds it only if
+    /// it was stored before the snapshot was planned.
+    seq: u64,
     content: Content,
     /// Staging offset owned by this page, kept when it turns zero so it can be reused.
     offset: Option<u64>,
@@ -98,6 +101,8 @@ pub struct PageStore {
     pending_from: u64,
     index: BTreeMap<(PagemapId, u64), Slot>,
     per_round: HashMap<u32, u64>,
+    /// Pages stored so far (each store of a page takes the next number).
+    writes: u64,
     /// Bytes written to staging in large pieces and the time it took (a first guess of the
     /// rate the commit writes at, before a snapshot has measured it).
     staged_io: (u64, Duration),
@@ -125,6 +130,7 @@ impl PageStore {
             pending_from: 0,
             index: BTreeMap::new(),
             per_round: HashMap::new(),
+            writes: 0,
             staged_io: (0, Duration::ZERO),
             snapshots: None,
             staging_dir: staging_dir.to_path_buf(),
@@ -141,7 +147,8 @@ impl PageStore {
     }
 
     /// Starts a background snapshot of every page whose newest round is `upto_round` or
-    /// earlier; call it once round `upto_round` and all before it are complete. Returns whether
+    /// earlier, as stored now (a page stored again later, in any round, is not taken from it).
+    /// Meant for once round `upto_round` is complete; correct whenever called. Returns whether
     /// one started: not when snapshots are off, one is still being written, the chain is at
     /// its longest, or too little changed since the previous one.
     pub fn snapshot(&mut self, upto_round: u32) -> Result<bool, StoreError> {
@@ -167,7 +174,7 @@ impl PageStore {
         self.flush_pending()?;
         let staging = self.cached.try_clone()?;
         match self.snapshots.as_mut() {
-            Some(s) => s.start(upto_round, pages, plan, staging).map(|()| true),
+            Some(s) => s.start(upto_round, self.writes, pages, plan, staging).map(|()| true),
             None => Ok(false),
         }
     }
@@ -183,7 +190,8 @@ impl PageStore {
             .index
             .iter()
             .filter(|(&(id, vaddr), slot)| {
-                matches!(slot.content, Content::Data(_)) && !newest.is_some_and(|n| n.holds(id, vaddr, slot.round))
+                matches!(slot.content, Content::Data(_))
+                    && !newest.is_some_and(|n| n.holds(id, vaddr, slot.round, slot.seq))
             })
             .count() as u64
             * self.page_size;
@@ -191,6 +199,11 @@ impl PageStore {
         let (bytes, took) = self.staged_io;
         let disk_rate = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6));
         snaps.estimate(backlog, disk_rate)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.writes += 1;
+        self.writes
     }
 
     /// Writes `data` at `off` of the staging file; if the file system refuses `O_DIRECT` I/O,
@@ -287,7 +300,8 @@ impl PageStore {
                 }
                 None => self.append_page(page)?,
             };
-            self.index.insert(key, Slot { round, content: Content::Data(offset), offset: Some(offset) });
+            let seq = self.next_seq();
+            self.index.insert(key, Slot { round, seq, content: Content::Data(offset), offset: Some(offset) });
         }
         *self.per_round.entry(round).or_default() += run.nr_pages;
         Ok(())
@@ -302,7 +316,8 @@ impl PageStore {
             if old.is_some_and(|s| s.round > round) {
                 continue;
             }
-            self.index.insert(key, Slot { round, content: Content::Zero, offset: old.and_then(|s| s.offset) });
+            let seq = self.next_seq();
+            self.index.insert(key, Slot { round, seq, content: Content::Zero, offset: old.and_then(|s| s.offset) });
         }
         *self.per_round.entry(round).or_default() += run.nr_pages;
         Ok(())
@@ -382,7 +397,7 @@ impl Slot {
     /// Where this page (`vaddr` of `id`) comes from in an image over `parent`.
     fn staged_over(&self, parent: Option<&Snapshot>, id: PagemapId, vaddr: u64) -> Staged {
         match self.content {
-            _ if parent.is_some_and(|p| p.holds(id, vaddr, self.round)) => Staged::Parent,
+            _ if parent.is_some_and(|p| p.holds(id, vaddr, self.round, self.seq)) => Staged::Parent,
             Content::Data(off) => Staged::Data(off),
             Content::Zero => Staged::Zero,
         }

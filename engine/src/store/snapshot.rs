@@ -3,10 +3,12 @@
 //! frozen, writes only the pages that changed since the newest snapshot (as `criu dump
 //! --prev-images-dir` does after `criu pre-dump`).
 //!
-//! A snapshot started once round `r` is complete holds every page whose newest copy was from
+//! A snapshot of round `r` holds every page whose newest copy, when it was planned, was from
 //! round `r` or earlier: as data, or as `PE_PARENT` where the previous snapshot already holds
-//! it unchanged. A page rewritten in place while the snapshot copies it may land torn in it; it
-//! then belongs to a later round, and the next image (a snapshot or the commit) holds it whole.
+//! it unchanged. Each stored page carries the store's write sequence number, and a snapshot
+//! counts as holding a page only if that page was stored before it was planned: a page
+//! rewritten in place later (it may land torn in the snapshot) is taken by the next image (a
+//! snapshot or the commit) whole, whatever round it came with.
 //!
 //! Each snapshot is a complete, fsynced image directory under a hidden name next to the
 //! destination, its `parent` link reading `../pre-<k-1>`. The commit moves them into the image
@@ -38,14 +40,16 @@ pub(crate) struct Snapshot {
     path: PathBuf,
     /// The newest round it holds.
     pub(crate) upto_round: u32,
+    /// The store's write sequence when it was planned: it holds no page stored later.
+    upto_seq: u64,
     /// The pages it holds.
     pub(crate) pages: HashMap<PagemapId, PageRunSet>,
 }
 
 impl Snapshot {
-    /// Whether it holds page `vaddr` of `id` as it was in round `round` (or later).
-    pub(crate) fn holds(&self, id: PagemapId, vaddr: u64, round: u32) -> bool {
-        round <= self.upto_round && self.pages.get(&id).is_some_and(|s| s.contains(vaddr))
+    /// Whether it holds page `vaddr` of `id` as stored in round `round` at write sequence `seq`.
+    pub(crate) fn holds(&self, id: PagemapId, vaddr: u64, round: u32, seq: u64) -> bool {
+        round <= self.upto_round && seq <= self.upto_seq && self.pages.get(&id).is_some_and(|s| s.contains(vaddr))
     }
 }
 
@@ -96,10 +100,12 @@ impl Snapshots {
     }
 
     /// Starts writing `plan` (sorted by pagemap and address; `Staged::Data` offsets into
-    /// `staging`) as a snapshot of rounds up to `upto_round` holding `pages`.
+    /// `staging`) as a snapshot of rounds up to `upto_round`, planned at write sequence
+    /// `upto_seq`, holding `pages`.
     pub(crate) fn start(
         &mut self,
         upto_round: u32,
+        upto_seq: u64,
         pages: HashMap<PagemapId, PageRunSet>,
         plan: Vec<(PagemapId, u64, Staged)>,
         staging: File,
@@ -127,7 +133,7 @@ impl Snapshots {
             w.commit()?;
             Ok(t0.elapsed())
         })?;
-        let snapshot = Snapshot { path, upto_round, pages };
+        let snapshot = Snapshot { path, upto_round, upto_seq, pages };
         self.running = Some(Running { snapshot, cancel, copied, synced_at_us, handle });
         Ok(())
     }
