@@ -13,7 +13,13 @@ dump_pid=$!
 # Ready when it listens; give up early if it died.
 serving() { netstat -ltn | grep -q "127.0.0.1:$port " || ! kill -0 "$dump_pid" 2>/dev/null; }
 wait_until 60 serving && kill -0 "$dump_pid" 2>/dev/null || { tail -20 src/dump.log; fail "lazy dump is not serving pages"; }
-echo "dump done: local pages_bytes=$(cat src/pages-*.img 2>/dev/null | wc -c) (lazy pages stay at the source)"
+eager=$(cat src/pages-*.img 2>/dev/null | wc -c)
+echo "dump done: local pages_bytes=$eager (lazy pages stay at the source)"
+if [ "$eager" -ge 4194304 ]; then
+    # CRIU dumped the working set eagerly (seen once): keep what it said for the next reader.
+    echo "--- eager dump: src/dump.log (tail)"; tail -40 src/dump.log
+    echo "--- /proc/$pid/maps"; cat "/proc/$pid/maps" 2>/dev/null | head -40
+fi
 cp src/*.img dst/
 before=$(workload_verifies w.log)
 echo "before verifies=$before"
