@@ -63,6 +63,8 @@ impl PageSink for LocalSink {
         if let Err(e) = self.store.snapshot(summary.round) {
             tracing::warn!(round = summary.round, "no background snapshot: {e}");
         }
+        // As of the round's end, as a remote destination reports it with its acknowledgement.
+        self.stats.commit_estimate = self.store.commit_estimate();
         Ok(())
     }
 
@@ -79,6 +81,6 @@ impl PageSink for LocalSink {
     }
 
     fn stats(&self) -> SinkStats {
-        SinkStats { commit_estimate: self.store.commit_estimate(), ..self.stats }
+        self.stats
     }
 }
