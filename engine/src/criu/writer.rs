@@ -152,8 +152,7 @@ impl PagemapWriter {
         }
         self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
         if self.hole_at_end {
-            let end = self.pages.stream_position().map_err(|e| ImageError::io(&self.pages_path, e))?;
-            self.pages.get_ref().set_len(end).map_err(|e| ImageError::io(&self.pages_path, e))?;
+            self.pages.get_ref().set_len(self.laid_out).map_err(|e| ImageError::io(&self.pages_path, e))?;
         }
         self.pages.get_ref().sync_all().map_err(|e| ImageError::io(&self.pages_path, e))?;
         write_synced(&dir.join(self.id.file_name()), &self.pagemap.encode())

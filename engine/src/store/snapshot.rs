@@ -57,8 +57,8 @@ struct Running {
     snapshot: Snapshot,
     cancel: Arc<AtomicBool>,
     /// Page bytes written and synced so far.
-    copied: Arc<AtomicU64>,
-    /// When `copied` was last updated (µs since the start): the rate is judged at the syncs,
+    synced: Arc<AtomicU64>,
+    /// When `synced` was last updated (µs since the start): the rate is judged at the syncs,
     /// so that it does not sag between them.
     synced_at_us: Arc<AtomicU64>,
     /// The thread's result: how long writing and syncing took.
@@ -117,9 +117,9 @@ impl Snapshots {
             w.set_parent(Path::new(&format!("../pre-{}", self.done.len())))?;
         }
         let cancel = Arc::new(AtomicBool::new(false));
-        let copied = Arc::new(AtomicU64::new(0));
+        let synced = Arc::new(AtomicU64::new(0));
         let synced_at_us = Arc::new(AtomicU64::new(0));
-        let (stop, count, at) = (cancel.clone(), copied.clone(), synced_at_us.clone());
+        let (stop, count, at) = (cancel.clone(), synced.clone(), synced_at_us.clone());
         let ps = self.page_size;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
             let t0 = Instant::now();
@@ -134,7 +134,7 @@ impl Snapshots {
             Ok(t0.elapsed())
         })?;
         let snapshot = Snapshot { path, upto_round, upto_seq, pages };
-        self.running = Some(Running { snapshot, cancel, copied, synced_at_us, handle });
+        self.running = Some(Running { snapshot, cancel, synced, synced_at_us, handle });
         Ok(())
     }
 
@@ -144,7 +144,7 @@ impl Snapshots {
         let Some(running) = self.running.take() else { return };
         match running.handle.join() {
             Ok(Ok(took)) => {
-                let bytes = running.copied.load(Ordering::Relaxed);
+                let bytes = running.synced.load(Ordering::Relaxed);
                 tracing::debug!(
                     round = running.snapshot.upto_round,
                     bytes,
@@ -171,7 +171,7 @@ impl Snapshots {
     /// synced, and syncing buffered writes is slower than large direct ones). `None` when no
     /// rate is known.
     pub(crate) fn estimate(&self, backlog: u64, disk_rate: Option<f64>) -> Option<Duration> {
-        let synced = self.running.as_ref().map_or(0, |r| r.copied.load(Ordering::Relaxed));
+        let synced = self.running.as_ref().map_or(0, |r| r.synced.load(Ordering::Relaxed));
         let rate = match (self.written, &self.running) {
             ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
             (_, Some(r)) if synced > 0 => {
