@@ -194,6 +194,13 @@ impl PageRunSet {
         )
     }
 
+    /// The highest part of the set below the byte address `addr`, clipped to it.
+    pub fn last_below(&self, addr: u64) -> Option<PageRun> {
+        let (&s, &e) = self.runs.range(..addr).next_back()?;
+        let e = e.min(addr);
+        Some(PageRun::new(s, (e - s) / self.page_size))
+    }
+
     /// Splits the set at `addr`: `self` keeps the pages below it, the pages at or above it are
     /// returned.
     pub fn split_off(&mut self, addr: u64) -> PageRunSet {
@@ -274,6 +281,15 @@ mod tests {
         assert_eq!(hi.iter().collect::<Vec<_>>(), vec![PageRun::new(10 * PS, 2)]);
         let r: Vec<_> = s.range(2 * PS, 9 * PS).collect();
         assert_eq!(r, vec![PageRun::new(2 * PS, 2), PageRun::new(8 * PS, 1)]);
+    }
+
+    #[test]
+    fn last_below_clips_to_the_address() {
+        let s = set(&[(0, 4), (8, 4)]);
+        assert_eq!(s.last_below(10 * PS), Some(PageRun::new(8 * PS, 2)));
+        assert_eq!(s.last_below(12 * PS), Some(PageRun::new(8 * PS, 4)));
+        assert_eq!(s.last_below(8 * PS), Some(PageRun::new(0, 4)));
+        assert_eq!(s.last_below(0), None);
     }
 
     fn runs_strategy() -> impl Strategy<Value = Vec<(u64, u64)>> {

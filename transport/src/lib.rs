@@ -16,4 +16,5 @@ pub mod lazy;
 pub mod quic;
 pub mod relay;
 mod sticky;
+mod sys;
 pub mod wire;

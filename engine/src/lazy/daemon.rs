@@ -8,17 +8,19 @@ use std::time::Instant;
 
 use userfaultfd::EventBuffer;
 
-use super::handler::{Buffers, HandlerError, TaskUffd, FAULT_BATCH_PAGES, PUSH_BATCH_PAGES};
+use super::handler::{Buffers, HandlerError, PushStep, TaskUffd, FAULT_BATCH_PAGES, PUSH_BATCH_PAGES};
 use super::handoff::{HandoffError, HandoffEvent, HandoffListener};
 use super::ranges::LazyRanges;
 use super::source::{PageSource, SourceError};
 use super::stats::LazyStats;
 use crate::criu::PagemapId;
-use crate::sys::scm_rights::poll_readable;
 use crate::sys::uffd_fill::LazyUffd;
 
 /// Events read from one userfaultfd at a time.
 const EVENT_BATCH: usize = 64;
+/// The longest wait for the source's push when every task is waiting for it (the source also
+/// ends the wait when pages arrive; this bounds a source that does not).
+const PUSH_IDLE_WAIT_MS: i32 = 10;
 
 /// Why the daemon stopped without completing the restore.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub fn serve(
     let mut ready = Vec::new();
     let mut handoff_events = Vec::new();
     let mut next_push = 0usize;
+    // Consecutive push steps that found nothing ready (every task waiting for the source's push).
+    let mut push_waits = 0usize;
     loop {
         tasks.retain(|t| !t.gone);
         let retrying = tasks.iter().any(|t| !t.retry.is_empty());
@@ -72,9 +76,18 @@ pub fn serve(
         if let Some(c) = &conn {
             fds.push(c.as_fd());
         }
-        let timeout = if pushing || retrying { 0 } else { -1 };
-        poll_readable(&fds, timeout, &mut ready).map_err(DaemonError::Poll)?;
+        let push_idle = pushing && push_waits >= tasks.len();
+        let timeout = match (retrying, pushing, push_idle) {
+            (true, _, _) | (false, true, false) => 0,
+            (false, true, true) => PUSH_IDLE_WAIT_MS,
+            (false, false, _) => -1,
+        };
+        source.wait_readable(&fds, timeout, &mut ready).map_err(DaemonError::Poll)?;
         drop(fds);
+        if push_idle {
+            // Pages may have arrived (or the wait timed out): every task looks again.
+            push_waits = 0;
+        }
         let read_at = Instant::now();
         let conn_ready = conn.is_some() && ready.last().copied().unwrap_or(false);
         let mut any_uffd = false;
@@ -123,8 +136,13 @@ pub fn serve(
         if pushing && !any_uffd && !tasks.is_empty() {
             let i = next_push % tasks.len();
             let task = &mut tasks[i];
-            if !task.push_step(source, &mut bufs, &mut stats)? {
-                next_push = next_push.wrapping_add(1);
+            match task.push_step(source, &mut bufs, &mut stats)? {
+                PushStep::Installed => push_waits = 0,
+                PushStep::Waiting => {
+                    push_waits += 1;
+                    next_push = next_push.wrapping_add(1);
+                }
+                PushStep::Done => next_push = next_push.wrapping_add(1),
             }
         }
     }

@@ -48,6 +48,17 @@ pub enum Installed {
     ProcessGone,
 }
 
+/// What a background push step did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushStep {
+    /// It installed pages (or dropped some that were no longer lazy); more remain.
+    Installed,
+    /// Nothing was ready and the source's own push is still delivering: wait for it.
+    Waiting,
+    /// Nothing is left (or the process is gone).
+    Done,
+}
+
 /// One address space being restored lazily.
 pub struct TaskUffd {
     /// The pid it was handed over as (for a forked child, its parent's).
@@ -64,8 +75,9 @@ pub struct TaskUffd {
     pub retry: Vec<(u64, Instant)>,
     /// Whether the process has gone away.
     pub gone: bool,
-    /// The page of the last lazy fault (to notice a process walking memory downwards).
-    last_fault: Option<u64>,
+    /// The lowest page the last lazy fault installed (a fault on the page below it means the
+    /// process walks memory downwards).
+    last_fault_start: Option<u64>,
 }
 
 /// Reusable page buffers of one batch.
@@ -84,7 +96,7 @@ impl Buffers {
 impl TaskUffd {
     /// A task with its lazy pages.
     pub fn new(pid: i32, pagemap: PagemapId, uffd: LazyUffd, lazy: LazyRanges) -> Self {
-        Self { pid, pagemap, uffd, lazy, push_cursor: 0, retry: Vec::new(), gone: false, last_fault: None }
+        Self { pid, pagemap, uffd, lazy, push_cursor: 0, retry: Vec::new(), gone: false, last_fault_start: None }
     }
 
     /// Applies the events other than page faults in order, then serves the faults (so a REMOVE
@@ -136,14 +148,15 @@ impl TaskUffd {
         let page = addr & !(ps - 1);
         let outcome = match self.lazy.lookup(page) {
             Some(e) => {
-                // Batch forwards, or backwards when the previous fault was on the next page up.
-                let descending = self.last_fault == Some(page + ps);
-                self.last_fault = Some(page);
+                // Batch forwards, or backwards when the previous fault's batch began on the next
+                // page up.
+                let descending = self.last_fault_start == Some(page + ps);
                 let (start, end) = if descending {
                     (e.start.max(page.saturating_sub((FAULT_BATCH_PAGES - 1) * ps)), page + ps)
                 } else {
                     (page, e.end.min(page + FAULT_BATCH_PAGES * ps))
                 };
+                self.last_fault_start = Some(start);
                 self.push_cursor = end;
                 let piece = LazyExtent { start, end, src: e.src_of(start) };
                 self.install(piece, InstallCause::Fault, source, bufs, stats)?
@@ -189,31 +202,34 @@ impl TaskUffd {
         }
     }
 
-    /// One background push step: up to [`PUSH_BATCH_PAGES`] lazy pages from the cursor on.
-    /// Returns false when nothing is left (or the process is gone).
+    /// One background push step: up to [`PUSH_BATCH_PAGES`] lazy pages, those the source
+    /// already holds first, else from the cursor on (unless the source's push is still
+    /// delivering: then the step waits for it rather than ask).
     pub fn push_step(
         &mut self,
         source: &mut dyn PageSource,
         bufs: &mut Buffers,
         stats: &mut LazyStats,
-    ) -> Result<bool, HandlerError> {
-        if self.gone {
-            return Ok(false);
+    ) -> Result<PushStep, HandlerError> {
+        if self.gone || self.lazy.is_empty() {
+            return Ok(PushStep::Done);
         }
         let ps = source.page_size();
-        // Prefer pages the source already holds (a network push ahead of us); else the cursor.
-        let ready = source
-            .next_ready(self.pagemap)
-            .and_then(|src| self.lazy.lookup(src).filter(|e| e.src_of(src) == src).map(|_| src));
-        let from = ready.unwrap_or(self.push_cursor);
-        let Some(e) = self.lazy.next_from(from) else { return Ok(false) };
+        let lazy = &self.lazy;
+        let ready = source.next_ready(self.pagemap, &mut |src| lazy.lookup(src).is_some_and(|e| e.src_of(src) == src));
+        let from = match ready {
+            Some(src) => src,
+            None if source.push_pending() => return Ok(PushStep::Waiting),
+            None => self.push_cursor,
+        };
+        let Some(e) = self.lazy.next_from(from) else { return Ok(PushStep::Done) };
         let end = e.end.min(e.start + PUSH_BATCH_PAGES * ps);
         self.push_cursor = end;
         let piece = LazyExtent { start: e.start, end, src: e.src };
         if self.install(piece, InstallCause::Push, source, bufs, stats)? == Installed::ProcessGone {
             self.gone = true;
         }
-        Ok(!self.gone && !self.lazy.is_empty())
+        Ok(if self.gone || self.lazy.is_empty() { PushStep::Done } else { PushStep::Installed })
     }
 
     /// Reads `piece` from the source and installs it: data with `UFFDIO_COPY`, zero pages with
@@ -272,7 +288,7 @@ impl TaskUffd {
                 InstallCause::Fault => {
                     stats.pages_faulted += installed;
                     let src = piece.src + i as u64 * ps;
-                    stats.working_set.record(self.pagemap, PageRun::new(src, done_pages));
+                    stats.working_set.record(self.pagemap, PageRun::new(src, done_pages), ps);
                 }
                 InstallCause::Push => stats.pages_pushed += installed,
             }

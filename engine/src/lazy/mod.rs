@@ -19,7 +19,7 @@ pub mod stats;
 pub mod working_set;
 
 pub use daemon::{serve, DaemonError};
-pub use handler::TaskUffd;
+pub use handler::{PushStep, TaskUffd};
 pub use handoff::{HandoffClient, HandoffDecoder, HandoffEvent, HandoffListener, RESTORE_FINISHED, SOCKET_NAME};
 pub use ranges::LazyRanges;
 pub use source::{ImageSource, PageSource, SourceError};

@@ -4,6 +4,8 @@
 //! The handler asks by dump-time address (what the pagemap says), never by socket: a network
 //! source implements the same trait.
 
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use super::ranges::LazyRanges;
@@ -52,11 +54,29 @@ pub trait PageSource {
         Ok(data)
     }
 
-    /// A dump-time address of pagemap `id` whose page the source can supply at once (already
-    /// received from a network source's push), so the background push installs that before what
-    /// would need a round trip. `None`: no preference (local sources).
-    fn next_ready(&mut self, _id: PagemapId) -> Option<u64> {
+    /// The lowest dump-time address of pagemap `id` whose page the source can supply at once
+    /// (already received from a network source's push) and that `wanted` accepts, so the
+    /// background push installs that before what would need a round trip; held pages `wanted`
+    /// refuses (no longer lazy) are dropped. `None`: nothing held (local sources: no preference).
+    fn next_ready(&mut self, _id: PagemapId, _wanted: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         None
+    }
+
+    /// Whether more pages are on their way without being asked for (a network source's push is
+    /// still running and has room): a background push step that finds nothing ready then waits
+    /// for them rather than requesting pages, which would queue faults behind it.
+    fn push_pending(&self) -> bool {
+        false
+    }
+
+    /// Waits until one of `fds` (the daemon's userfaultfds and handoff socket) is readable or
+    /// hung up, for at most `timeout_ms` (-1: forever, 0: just look), and sets `ready` per
+    /// descriptor, as `poll(2)`; a source with pages on their way also returns when some arrive.
+    /// The daemon waits only here, so a network source can drive its connection on the daemon's
+    /// thread meanwhile (replies and pushed pages then need no other thread to be scheduled).
+    /// The default just polls.
+    fn wait_readable(&mut self, fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bool>) -> io::Result<()> {
+        crate::sys::scm_rights::poll_readable(fds, timeout_ms, ready)
     }
 }
 

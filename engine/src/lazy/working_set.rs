@@ -24,8 +24,16 @@ pub struct WorkingSet {
 }
 
 impl WorkingSet {
-    /// Records a faulted run (ignored beyond [`MAX_RUNS`]).
-    pub fn record(&mut self, id: PagemapId, run: PageRun) {
+    /// Records a faulted run (pages of `page_size` bytes); one that continues the last run
+    /// upwards extends it, so the pushes that replay it send long runs. Ignored beyond
+    /// [`MAX_RUNS`].
+    pub fn record(&mut self, id: PagemapId, run: PageRun, page_size: u64) {
+        if let Some((last_id, last)) = self.runs.last_mut() {
+            if *last_id == id && last.end(page_size) == run.vaddr {
+                last.nr_pages += run.nr_pages;
+                return;
+            }
+        }
         if self.runs.len() < MAX_RUNS {
             self.runs.push((id, run));
         }
@@ -87,10 +95,12 @@ mod tests {
     fn round_trips_and_refuses_bad_lines() {
         let ps = 4096;
         let mut ws = WorkingSet::default();
-        ws.record(PagemapId::Task(42), PageRun::new(0x7f00_0000_0000, 16));
-        ws.record(PagemapId::Task(43), PageRun::new(0x1000, 1));
+        ws.record(PagemapId::Task(42), PageRun::new(0x7f00_0000_0000, 7), ps);
+        ws.record(PagemapId::Task(42), PageRun::new(0x7f00_0000_7000, 9), ps);
+        ws.record(PagemapId::Task(43), PageRun::new(0x1000, 1), ps);
+        ws.record(PagemapId::Task(43), PageRun::new(0x0, 1), ps);
         let text = ws.to_text();
-        assert_eq!(text, "pagemap-42.img 0x7f0000000000 16\npagemap-43.img 0x1000 1\n");
+        assert_eq!(text, "pagemap-42.img 0x7f0000000000 16\npagemap-43.img 0x1000 1\npagemap-43.img 0x0 1\n");
         assert_eq!(WorkingSet::parse(&text, ps).unwrap(), ws);
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("ws");

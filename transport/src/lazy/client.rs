@@ -1,34 +1,40 @@
 //! [`RemotePageSource`]: the engine's [`PageSource`] over QUIC, for `pagestream lazy-pages
-//! --from`. A run the daemon needs is taken from the push cache when every page of it has
-//! arrived, else fetched on the urgent stream (one request at a time: the daemon is one thread).
+//! --from`. A run the daemon needs is taken from the [`PushCache`] when every page of it has
+//! arrived; when the push is about to deliver it (just beyond the push's frontier) the daemon
+//! waits for it up to [`RemoteConfig::push_wait`]; else it is fetched on the urgent stream (one
+//! request at a time: the daemon is one thread).
 //!
-//! The push stream is read by a task on the source's runtime into a cache bounded by
-//! [`RemoteConfig::cache_bytes`]; when it is full the task stops reading and QUIC flow control
-//! holds the source back. Pages the daemon has already taken are dropped on arrival.
+//! The connection lives on a current-thread runtime that the daemon's thread drives: inside
+//! each fetch, and while the daemon waits for its userfaultfds ([`PageSource::wait_readable`],
+//! see [`super::fd_wait`]); a fault wakes the thread that sends its Fetch and reads the answer,
+//! and no runtime worker has to be scheduled on the way. The push stream is read by a task on
+//! that runtime into the cache, bounded by [`RemoteConfig::cache_bytes`]: when it is full the
+//! task stops reading and QUIC flow control holds the source back.
 //!
 //! A broken connection (noticed within [`RemoteConfig::idle_timeout`]) is reopened with the same
 //! session; the faulting threads of the restored process just wait. After
 //! [`RemoteConfig::resume_timeout`] without a working connection the fetch fails.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::lazy::{PageSource, SourceError};
 use pagestream_engine::page::is_zero;
-use pagestream_engine::{PageRun, PageRunSet};
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use pagestream_engine::PageRun;
+use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use super::frame::{LazyDecoder, LazyEncoder, LazyFrame, LAZY_VERSION};
+use super::frame::{LazyEncoder, LazyFrame, LAZY_VERSION};
+use super::push_cache::{read_push, PushCache};
 use super::server::URGENT_PRIORITY;
 use super::stream::FrameReader;
 use super::LAZY_ALPN;
-use crate::quic::endpoint::{client_bind_addr, client_transport_config, make_endpoint, runtime};
+use crate::quic::endpoint::{client_bind_addr, client_transport_config, current_thread_runtime, make_endpoint};
 use crate::quic::tls::client_crypto;
 use crate::quic::{Security, TransportError};
 
@@ -49,10 +55,14 @@ pub struct RemoteConfig {
     /// behind it, so it bounds fault latency by `push_window / bandwidth`; it also bounds the
     /// push's throughput by `push_window / RTT`. Raise it for long fat links.
     pub push_window: u32,
+    /// How long a fault just beyond the push's frontier waits for the push before it fetches.
+    /// A fetch's answer queues behind the push data in flight, so waiting is faster unless the
+    /// push has stalled.
+    pub push_wait: Duration,
 }
 
 impl RemoteConfig {
-    /// 60 s resume timeout, 3 s idle timeout, 64 MiB cache, 1 MiB push window.
+    /// 60 s resume timeout, 3 s idle timeout, 64 MiB cache, 1 MiB push window, 2 ms push wait.
     pub fn new(security: Security, server_name: String) -> RemoteConfig {
         RemoteConfig {
             security,
@@ -61,6 +71,7 @@ impl RemoteConfig {
             idle_timeout: Duration::from_secs(3),
             cache_bytes: 64 << 20,
             push_window: 1 << 20,
+            push_wait: Duration::from_millis(2),
         }
     }
 }
@@ -76,6 +87,8 @@ pub struct RemoteStats {
     pub pushed_pages_received: u64,
     /// Pushed pages the daemon installed from the cache.
     pub pushed_pages_used: u64,
+    /// Faults served by waiting for the push rather than fetching.
+    pub push_waits: u64,
     /// Pushed pages dropped (already installed).
     pub pushed_pages_dropped: u64,
     /// Connections reopened after a break.
@@ -84,15 +97,6 @@ pub struct RemoteStats {
     pub longest_outage_ms: u64,
     /// The lazy pages the source announced.
     pub source_lazy_pages: u64,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    pages: std::collections::BTreeMap<(PagemapId, u64), Bytes>,
-    bytes: usize,
-    served: HashMap<PagemapId, PageRunSet>,
-    received: u64,
-    dropped: u64,
 }
 
 struct Link {
@@ -125,7 +129,7 @@ pub struct RemotePageSource {
     page_size: u64,
     session: u64,
     link: Option<Link>,
-    cache: Arc<Mutex<CacheInner>>,
+    cache: PushCache,
     enc: LazyEncoder,
     next_req: u32,
     stats: RemoteStats,
@@ -149,7 +153,7 @@ impl RemotePageSource {
         transport.stream_receive_window(VarInt::from_u32(cfg.push_window));
         transport.receive_window(VarInt::from_u32(cfg.push_window.saturating_mul(2)));
         client.transport_config(Arc::new(transport));
-        let rt = runtime("pagestream-lazy-dst", 1)?;
+        let rt = current_thread_runtime()?;
         let endpoint = {
             let _guard = rt.enter();
             make_endpoint(client_bind_addr(addr), None)?
@@ -160,7 +164,7 @@ impl RemotePageSource {
             page_size,
             session: 0,
             link: None,
-            cache: Arc::default(),
+            cache: PushCache::new(page_size, cfg.cache_bytes),
             enc: LazyEncoder::new(page_size, false),
             next_req: 1,
             stats: RemoteStats::default(),
@@ -176,10 +180,7 @@ impl RemotePageSource {
     /// What happened so far.
     pub fn stats(&self) -> RemoteStats {
         let mut s = self.stats;
-        if let Ok(c) = self.cache.lock() {
-            s.pushed_pages_received = c.received;
-            s.pushed_pages_dropped = c.dropped;
-        }
+        (s.pushed_pages_received, s.pushed_pages_dropped) = self.cache.counts();
         s
     }
 
@@ -212,7 +213,6 @@ impl RemotePageSource {
     fn open_link(&mut self) -> Result<Link, String> {
         let (addr, ps, session, idle) = (self.addr, self.page_size, self.session, self.cfg.idle_timeout);
         let cache = self.cache.clone();
-        let cache_bytes = self.cfg.cache_bytes;
         let connecting = {
             // quinn starts the connection's driver on the runtime it is called from.
             let _guard = self.rt.enter();
@@ -238,7 +238,7 @@ impl RemotePageSource {
             // The push stream shows up with its first bytes; the reader waits for it.
             link.push = tokio::spawn(async move {
                 if let Ok(push) = conn.accept_uni().await {
-                    push_reader(push, cache, ps, cache_bytes).await;
+                    read_push(push, cache).await;
                 }
             });
             Ok::<_, String>((link, welcome))
@@ -319,53 +319,21 @@ impl RemotePageSource {
     }
 }
 
-/// Reads the push stream into the cache, pausing while the cache is full.
-async fn push_reader(mut recv: RecvStream, cache: Arc<Mutex<CacheInner>>, ps: u64, cache_bytes: usize) {
-    let Ok(mut dec) = LazyDecoder::new(ps) else { return };
-    let mut buf = BytesMut::new();
-    let mut chunk = vec![0u8; 256 << 10];
-    loop {
-        // Back-pressure: stop reading while the cache is full.
-        while cache.lock().map(|c| c.bytes >= cache_bytes).unwrap_or(false) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            _ => return,
-        }
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(LazyFrame::Pages { req: 0, id, run, data })) => {
-                    let Ok(mut c) = cache.lock() else { return };
-                    for i in 0..run.nr_pages {
-                        let addr = run.vaddr + i * ps;
-                        c.received += 1;
-                        let taken = c.served.get(&id).is_some_and(|s| s.contains(addr));
-                        if taken || c.pages.contains_key(&(id, addr)) {
-                            c.dropped += 1;
-                            continue;
-                        }
-                        let page = data.slice((i * ps) as usize..((i + 1) * ps) as usize);
-                        c.bytes += page.len();
-                        c.pages.insert((id, addr), page);
-                    }
-                }
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => break,
-            }
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 impl PageSource for RemotePageSource {
     fn page_size(&self) -> u64 {
         self.page_size
     }
 
-    fn next_ready(&mut self, id: PagemapId) -> Option<u64> {
-        let c = self.cache.lock().ok()?;
-        c.pages.range((id, 0)..=(id, u64::MAX)).next().map(|((_, addr), _)| *addr)
+    fn wait_readable(&mut self, fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bool>) -> std::io::Result<()> {
+        super::fd_wait::wait_driving(&self.rt, fds, timeout_ms, ready, self.cache.arrivals())
+    }
+
+    fn next_ready(&mut self, id: PagemapId, wanted: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        self.cache.first_wanted(id, wanted)
+    }
+
+    fn push_pending(&self) -> bool {
+        self.link.is_some() && self.cache.pending()
     }
 
     fn read_run(&mut self, id: PagemapId, run: PageRun, out: &mut [u8], zero: &mut [bool]) -> Result<(), SourceError> {
@@ -374,36 +342,22 @@ impl PageSource for RemotePageSource {
         if out.len() != n * ps || zero.len() != n {
             return Err(SourceError::BadBuffer { have: out.len(), nr_pages: run.nr_pages });
         }
-        let addr = |i: usize| run.vaddr + (i * ps) as u64;
-        let cached = {
-            let mut c = self.cache.lock().map_err(|_| SourceError::Other("page cache poisoned".into()))?;
-            if (0..n).all(|i| c.pages.contains_key(&(id, addr(i)))) {
-                for i in 0..n {
-                    if let Some(page) = c.pages.remove(&(id, addr(i))) {
-                        c.bytes -= page.len();
-                        out[i * ps..(i + 1) * ps].copy_from_slice(&page);
-                    }
-                }
-                c.served.entry(id).or_insert_with(|| PageRunSet::new(ps as u64)).insert(run);
-                true
-            } else {
-                false
+        let mut pushed = self.cache.take(id, run, out);
+        if !pushed && self.cache.expects(id, run, u64::from(self.cfg.push_window)) {
+            let cache = self.cache.clone();
+            if self.rt.block_on(cache.wait_for(id, run, self.cfg.push_wait)) {
+                pushed = self.cache.take(id, run, out);
+                self.stats.push_waits += u64::from(pushed);
             }
-        };
-        if cached {
+        }
+        if pushed {
             self.stats.pushed_pages_used += run.nr_pages;
         } else {
             let data = self.fetch(id, run)?;
             self.stats.fetches += 1;
             self.stats.fetched_pages += run.nr_pages;
             out.copy_from_slice(&data);
-            let mut c = self.cache.lock().map_err(|_| SourceError::Other("page cache poisoned".into()))?;
-            for i in 0..n {
-                if let Some(page) = c.pages.remove(&(id, addr(i))) {
-                    c.bytes -= page.len();
-                }
-            }
-            c.served.entry(id).or_insert_with(|| PageRunSet::new(ps as u64)).insert(run);
+            self.cache.served_elsewhere(id, run);
         }
         for (i, z) in zero.iter_mut().enumerate() {
             *z = is_zero(&out[i * ps..(i + 1) * ps]);

@@ -2,9 +2,11 @@
 //! from a source that pushes all the others in the background.
 //!
 //! * [`frame`]: the sans-IO codec; [`stream`]: frames read from a quinn stream.
-//! * [`server`]: [`LazyServer`] (`pagestream serve-lazy`), pages from an image directory.
+//! * [`server`]: [`LazyServer`] (`pagestream serve-lazy`), pages from an image directory;
+//!   [`push_order`]: which pages its push sends next.
 //! * [`client`]: [`RemotePageSource`], the engine's `PageSource` over QUIC (`pagestream
-//!   lazy-pages --from`), with reconnection.
+//!   lazy-pages --from`), with reconnection; [`fd_wait`]: the daemon's wait, driving its
+//!   connection on the daemon's own thread.
 //!
 //! One QUIC connection per daemon (ALPN [`LAZY_ALPN`], mutual TLS): an *urgent* bidirectional
 //! stream at the highest priority carries the faults' Fetch requests and their answers; the
@@ -16,7 +18,10 @@
 //! faulting threads simply waiting.
 
 pub mod client;
+pub mod fd_wait;
 pub mod frame;
+pub mod push_cache;
+pub mod push_order;
 pub mod server;
 pub mod stream;
 

@@ -3,10 +3,10 @@
 //! directory and its parents) to any number of daemons, one connection each, one task per
 //! connection on a small tokio runtime.
 //!
-//! Per session (kept across reconnections until the daemon says Done): the pages not yet sent.
-//! Fetches are answered on the urgent stream as they come; the push task sends the unsent pages
-//! in address order from a cursor that every Fetch moves to just after its run, so the push
-//! follows the process's own access pattern. A page is sent once per session: after a broken
+//! Per session (kept across reconnections until the daemon says Done): the pages not yet sent,
+//! in a [`PushOrder`]. Fetches are answered on the urgent stream as they come; the push task
+//! sends the unsent pages in that order, which follows each fetch (the process's own access
+//! pattern, upwards or downwards), then the working set, then the rest. A page is sent once per session: after a broken
 //! connection the pages lost in flight are fetched by the daemon when it needs them.
 
 use std::collections::HashMap;
@@ -23,7 +23,8 @@ use quinn::{Endpoint, SendStream, VarInt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use super::frame::{LazyEncoder, LazyFrame, LAZY_VERSION, MAX_RUN_PAGES};
+use super::frame::{LazyEncoder, LazyFrame, LAZY_VERSION};
+use super::push_order::{NextRun, PushOrder};
 use super::stream::FrameReader;
 use super::LAZY_ALPN;
 use crate::quic::endpoint::{make_endpoint, runtime, transport_config, Side, DEFAULT_IDLE_TIMEOUT};
@@ -49,11 +50,7 @@ pub struct LazyServerReport {
 }
 
 struct SessionState {
-    unsent: HashMap<PagemapId, PageRunSet>,
-    /// The working set still to push first (runs at dump-time addresses).
-    priority: std::collections::VecDeque<(PagemapId, PageRun)>,
-    /// Pagemap index and address the push goes on from.
-    cursor: (usize, u64),
+    order: PushOrder,
     report: LazyServerReport,
 }
 
@@ -261,12 +258,7 @@ async fn connection(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Opt
                     Ok(data) => {
                         if let Ok(mut st) = state.lock() {
                             st.report.fetched_pages += run.nr_pages;
-                            if let Some(set) = st.unsent.get_mut(&id) {
-                                set.remove(run);
-                            }
-                            if let Some(i) = shared.plan.iter().position(|(p, _)| *p == id) {
-                                st.cursor = (i, run.vaddr + run.nr_pages * ps);
-                            }
+                            st.order.fetched(id, run);
                         }
                         LazyFrame::Pages { req, id, run, data }
                     }
@@ -310,9 +302,7 @@ fn session_for(shared: &Shared, session: u64) -> Result<Arc<Mutex<SessionState>>
     }
     let number = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(Mutex::new(SessionState {
-        unsent: shared.plan.iter().cloned().collect(),
-        priority: shared.working_set.iter().copied().collect(),
-        cursor: (0, 0),
+        order: PushOrder::new(shared.page_size, &shared.plan, &shared.working_set),
         report: LazyServerReport { session: number, ..Default::default() },
     }));
     sessions.insert(number, state.clone());
@@ -325,55 +315,16 @@ fn read_pages(shared: &Shared, id: PagemapId, run: PageRun) -> Result<Bytes, Str
     images.read_run_bytes(id, run).map(Bytes::from).map_err(|e| e.to_string())
 }
 
-/// Takes the next unsent run (at most [`MAX_RUN_PAGES`]) from the cursor on: the rest of the
-/// cursor's pagemap, the following pagemaps, then (wrapping once) what lies below the cursor.
-fn next_unsent(shared: &Shared, st: &mut SessionState) -> Option<(PagemapId, PageRun)> {
-    let ps = shared.page_size;
-    // The working set first, in the order it was touched.
-    while let Some((id, want)) = st.priority.pop_front() {
-        let Some(set) = st.unsent.get_mut(&id) else { continue };
-        let first = set.range(want.vaddr, want.vaddr + want.nr_pages * ps).next();
-        if let Some(run) = first {
-            let run = PageRun::new(run.vaddr, run.nr_pages.min(MAX_RUN_PAGES));
-            set.remove(run);
-            let rest_at = run.vaddr + run.nr_pages * ps;
-            let want_end = want.vaddr + want.nr_pages * ps;
-            if rest_at < want_end {
-                st.priority.push_front((id, PageRun::new(rest_at, (want_end - rest_at) / ps)));
-            }
-            st.report.working_set_pages += run.nr_pages;
-            return Some((id, run));
-        }
-    }
-    let n = shared.plan.len();
-    let top = !(ps - 1);
-    let (start, from) = st.cursor;
-    for step in 0..=n {
-        let i = (start + step) % n.max(1);
-        let id = shared.plan.get(i)?.0;
-        let at = if step == 0 { from } else { 0 };
-        let set = st.unsent.get_mut(&id)?;
-        let first = set.range(at, top).next();
-        if let Some(run) = first {
-            let run = PageRun::new(run.vaddr, run.nr_pages.min(MAX_RUN_PAGES));
-            set.remove(run);
-            st.cursor = (i, run.vaddr + run.nr_pages * ps);
-            return Some((id, run));
-        }
-    }
-    None
-}
-
 async fn push_loop(shared: Arc<Shared>, state: Arc<Mutex<SessionState>>, mut push: SendStream) {
     let _ = push.set_priority(0);
     let mut enc = LazyEncoder::new(shared.page_size, shared.lz4);
     let mut out = BytesMut::new();
     loop {
         let next = match state.lock() {
-            Ok(mut st) => next_unsent(&shared, &mut st),
+            Ok(mut st) => st.order.take_next(),
             Err(_) => return,
         };
-        let Some((id, run)) = next else { break };
+        let Some(NextRun { id, run, working_set }) = next else { break };
         let Ok(data) = read_pages(&shared, id, run) else {
             // Not pushed: the daemon fetches it when it needs it, and learns why then.
             continue;
@@ -386,6 +337,9 @@ async fn push_loop(shared: Arc<Shared>, state: Arc<Mutex<SessionState>>, mut pus
         }
         if let Ok(mut st) = state.lock() {
             st.report.pushed_pages += run.nr_pages;
+            if working_set {
+                st.report.working_set_pages += run.nr_pages;
+            }
         }
         // Let the urgent stream's task (maybe on this worker) answer a fault first.
         tokio::task::yield_now().await;

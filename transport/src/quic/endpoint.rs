@@ -136,6 +136,15 @@ pub fn make_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> R
         .map_err(|e| TransportError::io(format!("starting the QUIC endpoint on {bind}"), e))
 }
 
+/// A tokio runtime that runs only while its owner thread is inside `block_on` (for a side
+/// whose one thread both waits for its own events and drives the connection).
+pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, TransportError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TransportError::io("starting a current-thread runtime".to_string(), e))
+}
+
 /// A multi-threaded tokio runtime for one side of a session (`threads` workers).
 pub fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, TransportError> {
     tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,3 @@
+//! The transport's few unsafe calls, each behind a safe function.
+
+pub mod watched_fd;
