@@ -65,5 +65,54 @@ fn bench_zero_check(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_pagemap, bench_runset, bench_zero_check);
+/// The data frames' LZ4 on the demo workload's page kinds: text-like pages, random pages, and
+/// the non-zero mix a run carries (zero pages never reach the encoder).
+fn bench_lz4_frames(c: &mut Criterion) {
+    use pagestream::workload::content::fill;
+    use pagestream_transport::wire::{Codecs, DataLimits, RunEncoder};
+    let pages = 64u64;
+    let kind = |want: fn(&[u8]) -> bool| {
+        let mut out = Vec::new();
+        let mut page = vec![0u8; PS as usize];
+        let mut index = 0u64;
+        while (out.len() as u64) < pages * PS {
+            fill(&mut page, index, 1, 7);
+            index += 1;
+            if want(&page) {
+                out.extend_from_slice(&page);
+            }
+        }
+        out
+    };
+    let runs = [
+        ("text", kind(|p| p.starts_with(b"page "))),
+        ("random", kind(|p| !p.starts_with(b"page ") && !pagestream_engine::page::is_zero(p))),
+        ("mix", kind(|p| !pagestream_engine::page::is_zero(p))),
+    ];
+    let mut g = c.benchmark_group("lz4_frames");
+    g.throughput(Throughput::Bytes(pages * PS));
+    for (name, data) in &runs {
+        for (codec, codecs) in [("lz4", Codecs::ALL), ("raw", Codecs::RAW)] {
+            let limits = DataLimits::new(PS, pages as u32, codecs).expect("limits");
+            let mut enc = RunEncoder::new(limits);
+            let mut out = bytes::BytesMut::with_capacity((2 * pages * PS) as usize);
+            let run = PageRun::new(0x1000_0000, pages);
+            g.bench_function(format!("{name}_{codec}"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    enc.encode_pages_into(
+                        1,
+                        pagestream_engine::criu::PagemapId::Task(1),
+                        run,
+                        black_box(data),
+                        &mut out,
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_pagemap, bench_runset, bench_zero_check, bench_lz4_frames);
 criterion_main!(benches);
