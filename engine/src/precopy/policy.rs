@@ -76,9 +76,10 @@ impl Default for PreCopyPolicy {
     }
 }
 
-/// Rounds over which a destination's commit estimate must come down for pre-copy to keep
-/// waiting for it.
-pub const STALL_ROUNDS: usize = 4;
+/// Rounds within which a destination's commit estimate must have come down for pre-copy to
+/// keep waiting for it (with [`MAX_WAIT`] between rounds, at least ~1 s: longer than one of the
+/// destination's sync steps).
+pub const STALL_ROUNDS: usize = 8;
 
 /// The longest [`Verdict::Wait`].
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -127,9 +128,12 @@ impl PreCopyPolicy {
         }
         // The pages fit and the destination's commit does not yet: wait while its estimate
         // comes down (a background write making progress), not once it stalled. Progress comes
-        // in steps (the destination syncs in pieces), so it is judged over several rounds.
-        let earlier = history.len().checked_sub(1 + STALL_ROUNDS).and_then(|i| history[i].commit);
-        let commit_coming_down = earlier.is_none_or(|e| commit < e);
+        // in steps (the destination syncs in pieces) and the estimate jumps up when its rate is
+        // first measured, so it counts as coming down if it fell at all in the last
+        // STALL_ROUNDS rounds.
+        let window = &history[history.len().saturating_sub(STALL_ROUNDS + 1)..];
+        let fell = window.windows(2).any(|w| matches!((w[0].commit, w[1].commit), (Some(a), Some(b)) if b < a));
+        let commit_coming_down = history.len() <= STALL_ROUNDS || fell;
         if let Some(t) = transfer.filter(|t| *t <= self.downtime && commit_coming_down) {
             let over = (t + commit).saturating_sub(self.downtime);
             return (Verdict::Wait(over.min(MAX_WAIT)), est);
@@ -183,10 +187,17 @@ mod tests {
         // A commit estimate that stopped coming down over STALL_ROUNDS rounds (nothing being
         // written) is not waited for; a pause between two steps of progress is.
         let long = PreCopyPolicy { max_rounds: 30, ..p.clone() };
-        let h = [m(10_000, 1000), slow(250), slow(200), slow(200), slow(200), slow(200)];
-        assert_eq!(long.decide(&h, 5, 400, Duration::ZERO).0, Verdict::Wait(MAX_WAIT));
-        let h = [m(10_000, 1000), slow(200), slow(200), slow(200), slow(200), slow(200)];
-        assert_eq!(long.decide(&h, 5, 400, Duration::ZERO).0, Verdict::Continue);
+        let with = |commits: &[u64]| {
+            let mut h = vec![m(10_000, 1000)];
+            h.extend(commits.iter().map(|&c| slow(c)));
+            long.decide(&h, h.len() as u32, 400, Duration::ZERO).0
+        };
+        assert_eq!(with(&[250, 200, 200, 200, 200, 200, 200, 200, 200]), Verdict::Wait(MAX_WAIT));
+        assert_eq!(with(&[200; 9]), Verdict::Continue);
+        // The estimate jumps up once its rate is measured, then comes down again: still waited for.
+        assert_eq!(with(&[300, 280, 400, 420, 420, 420, 420, 420, 410]), Verdict::Wait(MAX_WAIT));
+        // Early on (fewer rounds than the window) it is waited for.
+        assert_eq!(with(&[200, 200, 200]), Verdict::Wait(MAX_WAIT));
         // The round limit still holds.
         let h = [m(10_000, 1000), slow(200)];
         assert_eq!(p.decide(&h, 4, 400, Duration::ZERO).0, Verdict::Stop(StopReason::MaxRounds));
