@@ -200,11 +200,27 @@ impl PushCache {
 /// Reads the push stream into `cache`, pausing while it is full (QUIC flow control then holds
 /// the source back).
 pub async fn read_push(recv: RecvStream, cache: PushCache) {
-    cache.lock().open = true;
-    read_push_frames(recv, &cache).await;
-    cache.lock().open = false;
-    // A step waiting for the push learns that it must ask now.
-    cache.arrived.notify_waiters();
+    let open = PushOpen::new(cache);
+    read_push_frames(recv, &open.0).await;
+}
+
+/// Marks the push open for as long as it lives: also when the reader is aborted (a broken
+/// link), so that no push step keeps waiting for a push that no longer comes.
+struct PushOpen(PushCache);
+
+impl PushOpen {
+    fn new(cache: PushCache) -> PushOpen {
+        cache.lock().open = true;
+        PushOpen(cache)
+    }
+}
+
+impl Drop for PushOpen {
+    fn drop(&mut self) {
+        self.0.lock().open = false;
+        // A step waiting for the push learns that it must ask now.
+        self.0.arrived.notify_waiters();
+    }
 }
 
 async fn read_push_frames(mut recv: RecvStream, cache: &PushCache) {
@@ -285,6 +301,22 @@ mod tests {
         push(&c, 8, 2);
         assert_eq!(c.first_wanted(ID, &mut |_| true), None, "fetched pages are not kept");
         assert_eq!(c.counts(), (10, 4));
+    }
+
+    #[test]
+    fn pending_only_while_a_reader_lives_and_the_cache_has_room() {
+        let c = PushCache::new(PS, 4 * PS as usize);
+        assert!(!c.pending());
+        let open = PushOpen::new(c.clone());
+        assert!(c.pending());
+        push(&c, 0, 4);
+        assert!(!c.pending(), "full: the push is paused");
+        let mut out = vec![0u8; (4 * PS) as usize];
+        assert!(c.take(ID, run(0, 4), &mut out));
+        assert!(c.pending());
+        // An aborted reader (a dropped future) closes it too.
+        drop(open);
+        assert!(!c.pending());
     }
 
     #[test]
