@@ -24,9 +24,7 @@ impl LocalSink {
     pub fn new(dir: &Path, page_size: u64) -> Result<Self, SinkError> {
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut store = PageStore::new(parent, page_size).map_err(|e| SinkError::Refused(e.to_string()))?;
-        if let Err(e) = store.enable_snapshots() {
-            tracing::warn!("no background snapshots (the whole image is written at commit): {e}");
-        }
+        store.enable_snapshots_or_warn();
         Ok(Self { store, dir: dir.to_path_buf(), round: 0, stats: SinkStats::default(), aborted: false })
     }
 }
@@ -60,11 +58,8 @@ impl PageSink for LocalSink {
                 summary.data_pages + summary.zero_pages
             )));
         }
-        if let Err(e) = self.store.snapshot(summary.round) {
-            tracing::warn!(round = summary.round, "no background snapshot: {e}");
-        }
         // As of the round's end, as a remote destination reports it with its acknowledgement.
-        self.stats.commit_estimate = self.store.commit_estimate();
+        self.stats.commit_estimate = self.store.round_complete(summary.round);
         Ok(())
     }
 

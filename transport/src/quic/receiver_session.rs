@@ -134,9 +134,7 @@ impl<'a> Session<'a> {
         let limits = DataLimits::new(cfg.page_size, agreement.max_run_pages, agreement.codecs)?;
         let mut store = PageStore::new(self.staging_dir, cfg.page_size)?;
         if cfg.snapshots {
-            if let Err(e) = store.enable_snapshots() {
-                tracing::warn!("no background snapshots (the whole image is written at commit): {e}");
-            }
+            store.enable_snapshots_or_warn();
         }
         let control = self.control.as_mut().ok_or_else(|| TransportError::Closed("no control stream".into()))?;
         control.send(&ControlFrame::Hello(reply)).await?;

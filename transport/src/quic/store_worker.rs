@@ -175,12 +175,8 @@ impl Worker {
             let round = *round;
             self.digests.remove(&round);
             // Every round up to this one is complete (the control loop awaits them in order).
-            match self.store.snapshot(round) {
-                Ok(true) => tracing::debug!(round, "background snapshot started"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(round, "no background snapshot: {e}"),
-            }
-            Ok(RoundHeld { pages: self.store.len_pages(), commit_estimate: self.store.commit_estimate() })
+            let commit_estimate = self.store.round_complete(round);
+            Ok(RoundHeld { pages: self.store.len_pages(), commit_estimate })
         } else if held == *pages {
             Err(TransportError::Violation(format!(
                 "round {round}: the pages received do not match the sender's digest ({ours:#018x} here, \
