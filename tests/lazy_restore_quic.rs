@@ -91,8 +91,9 @@ fn daemon_args(from: SocketAddr, certs: &Path) -> Vec<String> {
     v
 }
 
-/// A restore with `threads` faulting threads; `push: false` runs the source with `--no-push`.
-fn restore_over_quic(threads: usize, push: bool) {
+/// A restore with `threads` faulting threads; `push: false` runs the source with `--no-push`;
+/// the restorer starts `late` after the daemon.
+fn restore_over_quic(threads: usize, push: bool, late: Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let (images, lazy_pages) = build_images(tmp.path());
     let certs_dir = tmp.path().join("certs");
@@ -103,6 +104,7 @@ fn restore_over_quic(threads: usize, push: bool) {
     let args = daemon_args(addr, &certs_dir);
     let daemon = start_daemon_with(&images, &work, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let threads = threads.to_string();
+    std::thread::sleep(late);
     let (r, d) = wait_pair(restorer(&images, &work, &["--threads", &threads]), daemon);
     let (rs, ds) = (String::from_utf8_lossy(&r.stderr), String::from_utf8_lossy(&d.stderr));
     assert!(r.status.success(), "restorer failed: {rs}\ndaemon: {ds}");
@@ -117,6 +119,8 @@ fn restore_over_quic(threads: usize, push: bool) {
     assert_eq!(n("pages_faulted") + n("pages_pushed"), lazy_pages, "{dj}");
     assert_eq!(remote("source_lazy_pages"), lazy_pages, "{dj}");
     assert_eq!(remote("fetched_pages") + remote("pushed_pages_used"), lazy_pages, "{dj}");
+    // The daemon keeps its link alive while it waits for the restorer.
+    assert_eq!(remote("reconnects"), 0, "{dj}");
     if push {
         // Whether any fault outruns the push is a race; that the push carried pages is not.
         assert!(remote("pushed_pages_used") > 0, "the background push was used: {dj}");
@@ -130,17 +134,24 @@ fn restore_over_quic(threads: usize, push: bool) {
 
 #[test]
 fn one_thread_over_quic_reads_every_byte() {
-    restore_over_quic(1, true);
+    restore_over_quic(1, true, Duration::ZERO);
 }
 
 #[test]
 fn four_threads_fault_concurrently_over_quic() {
-    restore_over_quic(4, true);
+    restore_over_quic(4, true, Duration::ZERO);
 }
 
 #[test]
 fn faults_alone_over_the_urgent_stream_bring_every_page() {
-    restore_over_quic(2, false);
+    restore_over_quic(2, false, Duration::ZERO);
+}
+
+/// The restorer connects after longer than the daemon's idle timeout (3 s): the daemon's
+/// connection, driven by its own thread, must stay alive while it waits on the handoff socket.
+#[test]
+fn a_restorer_coming_late_finds_the_link_alive() {
+    restore_over_quic(1, true, Duration::from_secs(4));
 }
 
 /// A UDP relay between the daemon and the source that drops everything while `cut` is set.

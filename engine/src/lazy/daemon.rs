@@ -53,19 +53,35 @@ pub fn serve(
     source: &mut dyn PageSource,
     ranges_of: &mut RangesOf<'_>,
 ) -> Result<LazyStats, DaemonError> {
+    let mut ready = Vec::new();
+    // Waited for through the source, so that a network source keeps its connection alive (and
+    // its push going) until the restorer comes.
+    while !ready.first().copied().unwrap_or(false) {
+        source.wait_readable(&[listener.as_fd()], -1, &mut ready).map_err(DaemonError::Poll)?;
+    }
     let mut conn = Some(listener.accept().map_err(HandoffError::Io)?);
     let mut stats = LazyStats::new();
     let mut tasks: Vec<TaskUffd> = Vec::new();
     let mut finished_at: Option<Instant> = None;
     let mut bufs = Buffers::new(FAULT_BATCH_PAGES.max(PUSH_BATCH_PAGES), source.page_size());
     let mut evbuf = EventBuffer::new(EVENT_BATCH);
-    let mut ready = Vec::new();
+    ready.clear();
     let mut handoff_events = Vec::new();
     let mut next_push = 0usize;
     // Consecutive push steps that found nothing ready (every task waiting for the source's push).
     let mut push_waits = 0usize;
+    // Pagemaps whose pages no task needs any more (the source was told it may drop them).
+    let mut released: Vec<PagemapId> = Vec::new();
     loop {
+        let finished: Vec<PagemapId> =
+            tasks.iter().filter(|t| t.gone || t.lazy.is_empty()).map(|t| t.pagemap).collect();
         tasks.retain(|t| !t.gone);
+        for id in finished {
+            if !released.contains(&id) && !tasks.iter().any(|t| t.pagemap == id && !t.lazy.is_empty()) {
+                source.release(id);
+                released.push(id);
+            }
+        }
         let retrying = tasks.iter().any(|t| !t.retry.is_empty());
         let pushing = finished_at.is_some() && tasks.iter().any(|t| !t.lazy.is_empty());
         if let (Some(at), false, false) = (finished_at, pushing, retrying) {
@@ -135,8 +151,11 @@ pub fn serve(
         }
         if pushing && !any_uffd && !tasks.is_empty() {
             let i = next_push % tasks.len();
+            // Tasks sharing a pagemap (a fork) would each wait for pushed pages that only one
+            // of them can take: they ask instead.
+            let sole = tasks.iter().filter(|t| t.pagemap == tasks[i].pagemap).count() == 1;
             let task = &mut tasks[i];
-            match task.push_step(source, &mut bufs, &mut stats)? {
+            match task.push_step(source, &mut bufs, &mut stats, sole)? {
                 PushStep::Installed => push_waits = 0,
                 PushStep::Waiting => {
                     push_waits += 1;

@@ -203,13 +203,14 @@ impl TaskUffd {
     }
 
     /// One background push step: up to [`PUSH_BATCH_PAGES`] lazy pages, those the source
-    /// already holds first, else from the cursor on (unless the source's push is still
-    /// delivering: then the step waits for it rather than ask).
+    /// already holds first, else from the cursor on (unless `may_wait` and the source's push is
+    /// still delivering: then the step waits for it rather than ask).
     pub fn push_step(
         &mut self,
         source: &mut dyn PageSource,
         bufs: &mut Buffers,
         stats: &mut LazyStats,
+        may_wait: bool,
     ) -> Result<PushStep, HandlerError> {
         if self.gone || self.lazy.is_empty() {
             return Ok(PushStep::Done);
@@ -219,7 +220,7 @@ impl TaskUffd {
         let ready = source.next_ready(self.pagemap, &mut |src| lazy.lookup(src).is_some_and(|e| e.src_of(src) == src));
         let from = match ready {
             Some(src) => src,
-            None if source.push_pending() => return Ok(PushStep::Waiting),
+            None if may_wait && source.push_pending() => return Ok(PushStep::Waiting),
             None => self.push_cursor,
         };
         let Some(e) = self.lazy.next_from(from) else { return Ok(PushStep::Done) };

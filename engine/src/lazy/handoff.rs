@@ -168,6 +168,12 @@ impl HandoffListener {
     }
 }
 
+impl AsFd for HandoffListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
 impl Drop for HandoffListener {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -56,11 +56,16 @@ pub trait PageSource {
 
     /// The lowest dump-time address of pagemap `id` whose page the source can supply at once
     /// (already received from a network source's push) and that `wanted` accepts, so the
-    /// background push installs that before what would need a round trip; held pages `wanted`
-    /// refuses (no longer lazy) are dropped. `None`: nothing held (local sources: no preference).
+    /// background push installs that before what would need a round trip. Held pages below it
+    /// that `wanted` refuses (not lazy at that address any more) are dropped. `None`: nothing
+    /// held (local sources: no preference).
     fn next_ready(&mut self, _id: PagemapId, _wanted: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         None
     }
+
+    /// No task needs pages of pagemap `id` any more (all installed, or the tasks are gone): a
+    /// source may drop what it holds for it.
+    fn release(&mut self, _id: PagemapId) {}
 
     /// Whether more pages are on their way without being asked for (a network source's push is
     /// still running and has room): a background push step that finds nothing ready then waits

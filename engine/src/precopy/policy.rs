@@ -77,9 +77,12 @@ impl Default for PreCopyPolicy {
 }
 
 /// Rounds within which a destination's commit estimate must have come down for pre-copy to
-/// keep waiting for it (with [`MAX_WAIT`] between rounds, at least ~1 s: longer than one of the
-/// destination's sync steps).
+/// keep waiting for it: with pauses of up to [`MAX_WAIT`] between them, long enough for one of
+/// the destination's sync steps at the disk rates seen here.
 pub const STALL_ROUNDS: usize = 8;
+
+/// How far below its highest value in the window the estimate must be to count as coming down.
+const STALL_FALL: f64 = 0.9;
 
 /// The longest [`Verdict::Wait`].
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -129,10 +132,11 @@ impl PreCopyPolicy {
         // The pages fit and the destination's commit does not yet: wait while its estimate
         // comes down (a background write making progress), not once it stalled. Progress comes
         // in steps (the destination syncs in pieces) and the estimate jumps up when its rate is
-        // first measured, so it counts as coming down if it fell at all in the last
-        // STALL_ROUNDS rounds.
+        // first measured, so it counts as coming down if the latest value is clearly below the
+        // highest of the last STALL_ROUNDS rounds (a wobble of the estimate is not progress).
         let window = &history[history.len().saturating_sub(STALL_ROUNDS + 1)..];
-        let fell = window.windows(2).any(|w| matches!((w[0].commit, w[1].commit), (Some(a), Some(b)) if b < a));
+        let peak = window.iter().filter_map(|m| m.commit).max().unwrap_or_default();
+        let fell = commit.as_secs_f64() < peak.as_secs_f64() * STALL_FALL;
         let commit_coming_down = history.len() <= STALL_ROUNDS || fell;
         if let Some(t) = transfer.filter(|t| *t <= self.downtime && commit_coming_down) {
             let over = (t + commit).saturating_sub(self.downtime);
@@ -195,7 +199,9 @@ mod tests {
         assert_eq!(with(&[250, 200, 200, 200, 200, 200, 200, 200, 200]), Verdict::Wait(MAX_WAIT));
         assert_eq!(with(&[200; 9]), Verdict::Continue);
         // The estimate jumps up once its rate is measured, then comes down again: still waited for.
-        assert_eq!(with(&[300, 280, 400, 420, 420, 420, 420, 420, 410]), Verdict::Wait(MAX_WAIT));
+        assert_eq!(with(&[300, 280, 400, 420, 420, 420, 420, 420, 350]), Verdict::Wait(MAX_WAIT));
+        // A wobble is not progress.
+        assert_eq!(with(&[200, 201, 200, 201, 200, 201, 200, 201, 200]), Verdict::Continue);
         // Early on (fewer rounds than the window) it is waited for.
         assert_eq!(with(&[200, 200, 200]), Verdict::Wait(MAX_WAIT));
         // The round limit still holds.

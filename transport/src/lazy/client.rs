@@ -30,7 +30,8 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::frame::{LazyEncoder, LazyFrame, LAZY_VERSION};
-use super::push_cache::{read_push, PushCache};
+use super::push_cache::PushCache;
+use super::push_reader::read_push;
 use super::server::URGENT_PRIORITY;
 use super::stream::FrameReader;
 use super::LAZY_ALPN;
@@ -87,7 +88,7 @@ pub struct RemoteStats {
     pub pushed_pages_received: u64,
     /// Pushed pages the daemon installed from the cache.
     pub pushed_pages_used: u64,
-    /// Faults served by waiting for the push rather than fetching.
+    /// Runs (of faults or push steps) taken after waiting for the push rather than fetching.
     pub push_waits: u64,
     /// Pushed pages dropped (already installed).
     pub pushed_pages_dropped: u64,
@@ -130,6 +131,8 @@ pub struct RemotePageSource {
     session: u64,
     link: Option<Link>,
     cache: PushCache,
+    /// The cache's generation when the daemon last looked for pushed pages.
+    seen_generation: u64,
     enc: LazyEncoder,
     next_req: u32,
     stats: RemoteStats,
@@ -165,6 +168,7 @@ impl RemotePageSource {
             session: 0,
             link: None,
             cache: PushCache::new(page_size, cfg.cache_bytes),
+            seen_generation: 0,
             enc: LazyEncoder::new(page_size, false),
             next_req: 1,
             stats: RemoteStats::default(),
@@ -325,11 +329,23 @@ impl PageSource for RemotePageSource {
     }
 
     fn wait_readable(&mut self, fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bool>) -> std::io::Result<()> {
-        super::fd_wait::wait_driving(&self.rt, fds, timeout_ms, ready, self.cache.arrivals())
+        // A bounded wait is the daemon waiting for the push: pushed pages end it, and so does
+        // an arrival since the daemon last looked. Other waits only need the fds.
+        let (timeout_ms, wake) = match timeout_ms {
+            t if t > 0 && self.cache.generation() != self.seen_generation => (0, None),
+            t if t > 0 => (t, Some(self.cache.arrivals())),
+            t => (t, None),
+        };
+        super::fd_wait::wait_driving(&self.rt, fds, timeout_ms, ready, wake)
     }
 
     fn next_ready(&mut self, id: PagemapId, wanted: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        self.seen_generation = self.cache.generation();
         self.cache.first_wanted(id, wanted)
+    }
+
+    fn release(&mut self, id: PagemapId) {
+        self.cache.release(id);
     }
 
     fn push_pending(&self) -> bool {

@@ -28,18 +28,19 @@ pub fn drive_once(rt: &Runtime) {
     });
 }
 
-/// Waits until one of `fds` is readable or hung up, or `wake` is notified, for at most
-/// `timeout_ms` (-1: forever, 0: just look), driving `rt` (a current-thread runtime)
+/// Waits until one of `fds` is readable or hung up, or `wake` (if given) is notified, for at
+/// most `timeout_ms` (-1: forever, 0: just look), driving `rt` (a current-thread runtime)
 /// meanwhile; sets `ready` per descriptor as [`poll_readable`] does.
 pub fn wait_driving(
     rt: &Runtime,
     fds: &[BorrowedFd<'_>],
     timeout_ms: i32,
     ready: &mut Vec<bool>,
-    wake: &Notify,
+    wake: Option<&Notify>,
 ) -> io::Result<()> {
     // Registered before anything runs, so a notification from the tasks driven below counts.
-    let mut woken = pin!(wake.notified());
+    let never = Notify::new();
+    let mut woken = pin!(wake.unwrap_or(&never).notified());
     woken.as_mut().enable();
     drive_once(rt);
     poll_readable(fds, 0, ready)?;

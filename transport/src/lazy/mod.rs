@@ -6,7 +6,7 @@
 //!   [`push_order`]: which pages its push sends next.
 //! * [`client`]: [`RemotePageSource`], the engine's `PageSource` over QUIC (`pagestream
 //!   lazy-pages --from`), with reconnection; [`push_cache`]: the pushed pages it holds and where
-//!   the push stands; [`fd_wait`]: the daemon's wait, driving its connection on the daemon's
+//!   the push stands, filled by [`push_reader`]; [`fd_wait`]: the daemon's wait, driving its connection on the daemon's
 //!   own thread.
 //!
 //! One QUIC connection per daemon (ALPN [`LAZY_ALPN`], mutual TLS): an *urgent* bidirectional
@@ -25,6 +25,7 @@ pub mod fd_wait;
 pub mod frame;
 pub mod push_cache;
 pub mod push_order;
+pub mod push_reader;
 pub mod server;
 pub mod stream;
 

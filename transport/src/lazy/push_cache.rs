@@ -1,22 +1,23 @@
 //! [`PushCache`]: the pages the source pushed that the daemon has not installed yet, filled by
-//! [`read_push`] from the push stream and emptied by the daemon's faults and push steps.
+//! the push reader ([`super::push_reader`]) and emptied by the daemon's faults and push steps.
 //!
-//! The source pushes in address order (upwards, or downwards behind a process walking memory
-//! downwards), so the cache also knows where the push stands in each pagemap: its last run and
-//! direction. A fault just ahead of the push is best served by waiting for it: its pages are
-//! in flight or next in line, and a fetch's answer would queue behind the same push data.
+//! The source pushes in address order from where the process last faulted (upwards, or
+//! downwards behind a process walking memory downwards; a recorded working set comes first, in
+//! the order it was touched), so the cache also knows where the push stands in each pagemap:
+//! its last run and direction. A fault just ahead of the push is best served by waiting for it:
+//! its pages are in flight or next in line, and a fetch's answer would queue behind the same
+//! push data. That holds only while a push stream is being read and the cache has room.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pagestream_engine::criu::PagemapId;
 use pagestream_engine::{PageRun, PageRunSet};
-use quinn::RecvStream;
 use tokio::sync::Notify;
 
-use super::frame::{LazyDecoder, LazyFrame};
+use super::frame::MAX_RUN_PAGES;
 
 #[derive(Default)]
 struct Inner {
@@ -24,21 +25,40 @@ struct Inner {
     bytes: usize,
     /// Runs the daemon has taken (pushed copies arriving later are dropped).
     served: HashMap<PagemapId, PageRunSet>,
+    /// Pagemaps no task needs any more (their pages are dropped on arrival).
+    released: HashSet<PagemapId>,
     /// Per pagemap, the last pushed run received and whether the push goes downwards.
     last: HashMap<PagemapId, (PageRun, bool)>,
     received: u64,
     dropped: u64,
-    /// Whether a push stream is being read.
-    open: bool,
+    /// Push streams being read (a new one may start before an aborted one is gone).
+    readers: u32,
+    /// Counts arrivals (batches of pushed pages).
+    generation: u64,
     /// The most bytes held before the reader pauses.
     limit: usize,
+}
+
+impl Inner {
+    fn pending(&self) -> bool {
+        self.readers > 0 && self.bytes < self.limit
+    }
+
+    fn remove(&mut self, id: PagemapId, addr: u64) -> Option<Bytes> {
+        let page = self.pages.remove(&(id, addr))?;
+        self.bytes -= page.len();
+        Some(page)
+    }
 }
 
 /// Pushed pages waiting to be installed; cheap to clone (shared with the push reader).
 #[derive(Clone)]
 pub struct PushCache {
     inner: Arc<Mutex<Inner>>,
+    /// Notified when pushed pages arrive or the push stops.
     arrived: Arc<Notify>,
+    /// Notified when pages leave the cache (a paused reader may go on).
+    room: Arc<Notify>,
     page_size: u64,
 }
 
@@ -56,24 +76,44 @@ impl PushCache {
     /// (the push reader pauses there).
     pub fn new(page_size: u64, limit: usize) -> PushCache {
         let inner = Inner { limit, ..Inner::default() };
-        PushCache { inner: Arc::new(Mutex::new(inner)), arrived: Arc::default(), page_size }
+        PushCache { inner: Arc::new(Mutex::new(inner)), arrived: Arc::default(), room: Arc::default(), page_size }
     }
 
-    /// Notified whenever pushed pages arrive.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The page size.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// Notified whenever pushed pages arrive or the push stops.
     pub fn arrivals(&self) -> &Notify {
         &self.arrived
     }
 
-    /// Whether pages are on their way: a push stream is open and the cache has room.
+    /// Changes with every arrival (compare two readings to learn whether pages came between).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Whether pages are on their way: a push stream is being read and the cache has room.
     pub fn pending(&self) -> bool {
+        self.lock().pending()
+    }
+
+    /// Pushed pages received, and of those dropped as already installed or not needed.
+    pub fn counts(&self) -> (u64, u64) {
         let c = self.lock();
-        c.open && c.bytes < c.limit
+        (c.received, c.dropped)
     }
 
     fn position(&self, c: &Inner, id: PagemapId, run: PageRun) -> Position {
         let ps = self.page_size;
         let Some(&(last, down)) = c.last.get(&id) else { return Position::Past };
-        let (last_end, run_end) = (last.vaddr + last.nr_pages * ps, run.vaddr + run.nr_pages * ps);
+        let (last_end, run_end) = (last.end(ps), run.end(ps));
         match down {
             false if run.vaddr >= last_end => Position::Ahead(run.vaddr - last_end),
             true if run_end <= last.vaddr => Position::Ahead(last.vaddr - run_end),
@@ -83,36 +123,27 @@ impl PushCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Nothing panics while holding the lock; a poisoned lock still holds consistent data.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Pushed pages received, and of those dropped as already installed.
-    pub fn counts(&self) -> (u64, u64) {
-        let c = self.lock();
-        (c.received, c.dropped)
-    }
-
-    fn full(&self) -> bool {
-        let c = self.lock();
-        c.bytes >= c.limit
-    }
-
     /// The lowest address of pagemap `id` held that `wanted` accepts; the ones below it that
     /// `wanted` refuses are dropped.
     pub fn first_wanted(&self, id: PagemapId, wanted: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         let mut c = self.lock();
-        loop {
-            let addr = c.pages.range((id, 0)..=(id, u64::MAX)).next().map(|((_, addr), _)| *addr)?;
+        let mut freed = false;
+        let found = loop {
+            let Some(addr) = c.pages.range((id, 0)..=(id, u64::MAX)).next().map(|((_, addr), _)| *addr) else {
+                break None;
+            };
             if wanted(addr) {
-                return Some(addr);
+                break Some(addr);
             }
-            if let Some(page) = c.pages.remove(&(id, addr)) {
-                c.bytes -= page.len();
-                c.dropped += 1;
-            }
+            c.remove(id, addr);
+            c.dropped += 1;
+            freed = true;
+        };
+        drop(c);
+        if freed {
+            self.room.notify_waiters();
         }
+        found
     }
 
     /// Copies `run` into `out` and drops it from the cache if every page of it is held.
@@ -127,36 +158,52 @@ impl PushCache {
             return false;
         }
         for (i, dst) in out.chunks_exact_mut(ps).enumerate() {
-            if let Some(page) = c.pages.remove(&(id, addr(i as u64))) {
-                c.bytes -= page.len();
+            if let Some(page) = c.remove(id, addr(i as u64)) {
                 dst.copy_from_slice(&page);
             }
         }
         c.served.entry(id).or_insert_with(|| PageRunSet::new(ps as u64)).insert(run);
+        drop(c);
+        self.room.notify_waiters();
         true
     }
 
     /// Marks `run` installed from elsewhere (a fetch): drops held copies and later arrivals.
     pub fn served_elsewhere(&self, id: PagemapId, run: PageRun) {
-        let page_size = self.page_size;
+        let ps = self.page_size;
         let mut c = self.lock();
         for i in 0..run.nr_pages {
-            if let Some(page) = c.pages.remove(&(id, run.vaddr + i * page_size)) {
-                c.bytes -= page.len();
-            }
+            c.remove(id, run.vaddr + i * ps);
         }
-        c.served.entry(id).or_insert_with(|| PageRunSet::new(page_size)).insert(run);
+        c.served.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert(run);
+        drop(c);
+        self.room.notify_waiters();
     }
 
-    /// Whether `run` lies less than `lookahead` bytes ahead of the push in `id`: the push is
-    /// about to deliver it.
+    /// No task needs pages of `id` any more: drops those held and those still to come.
+    pub fn release(&self, id: PagemapId) {
+        let mut c = self.lock();
+        let held: Vec<u64> = c.pages.range((id, 0)..=(id, u64::MAX)).map(|((_, a), _)| *a).collect();
+        c.dropped += held.len() as u64;
+        for addr in held {
+            c.remove(id, addr);
+        }
+        c.served.remove(&id);
+        c.released.insert(id);
+        drop(c);
+        self.room.notify_waiters();
+    }
+
+    /// Whether `run` lies less than `lookahead` bytes ahead of the push in `id`, with the push
+    /// still going: it is about to deliver the run.
     pub fn expects(&self, id: PagemapId, run: PageRun, lookahead: u64) -> bool {
         let c = self.lock();
-        matches!(self.position(&c, id, run), Position::Ahead(d) if d < lookahead)
+        c.pending() && matches!(self.position(&c, id, run), Position::Ahead(d) if d < lookahead)
     }
 
     /// Waits (up to `limit`) until every page of `run` is held; false when the push went past
-    /// the run without all of it, or the time ran out. Must run on the push reader's runtime.
+    /// the run without all of it, stopped or paused, or the time ran out. Must run on the push
+    /// reader's runtime.
     pub async fn wait_for(&self, id: PagemapId, run: PageRun, limit: Duration) -> bool {
         let page_size = self.page_size;
         let wait = async {
@@ -167,7 +214,7 @@ impl PushCache {
                     if (0..run.nr_pages).all(|i| c.pages.contains_key(&(id, run.vaddr + i * page_size))) {
                         return true;
                     }
-                    if self.position(&c, id, run) == Position::Past {
+                    if !c.pending() || self.position(&c, id, run) == Position::Past {
                         return false;
                     }
                 }
@@ -177,13 +224,15 @@ impl PushCache {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
-    fn insert(&self, id: PagemapId, run: PageRun, data: &Bytes) {
+    /// Stores a pushed run (pages already taken, or of a released pagemap, are dropped).
+    pub(super) fn insert(&self, id: PagemapId, run: PageRun, data: &Bytes) {
         let ps = self.page_size;
         let mut c = self.lock();
+        let released = c.released.contains(&id);
         for i in 0..run.nr_pages {
             let addr = run.vaddr + i * ps;
             c.received += 1;
-            let taken = c.served.get(&id).is_some_and(|s| s.contains(addr));
+            let taken = released || c.served.get(&id).is_some_and(|s| s.contains(addr));
             if taken || c.pages.contains_key(&(id, addr)) {
                 c.dropped += 1;
                 continue;
@@ -192,64 +241,52 @@ impl PushCache {
             c.bytes += page.len();
             c.pages.insert((id, addr), page);
         }
-        let down = c.last.get(&id).is_some_and(|(prev, _)| run.vaddr + run.nr_pages * ps <= prev.vaddr);
+        // Downwards only when the run lies just below the previous one (as the source's downward
+        // push sends them); any other jump starts an upward push from the new run.
+        let down = c.last.get(&id).is_some_and(|(prev, _)| {
+            let end = run.end(ps);
+            end <= prev.vaddr && prev.vaddr - end <= MAX_RUN_PAGES * ps
+        });
         c.last.insert(id, (run, down));
     }
-}
 
-/// Reads the push stream into `cache`, pausing while it is full (QUIC flow control then holds
-/// the source back).
-pub async fn read_push(recv: RecvStream, cache: PushCache) {
-    let open = PushOpen::new(cache);
-    read_push_frames(recv, &open.0).await;
-}
-
-/// Marks the push open for as long as it lives: also when the reader is aborted (a broken
-/// link), so that no push step keeps waiting for a push that no longer comes.
-struct PushOpen(PushCache);
-
-impl PushOpen {
-    fn new(cache: PushCache) -> PushOpen {
-        cache.lock().open = true;
-        PushOpen(cache)
+    /// Tells waiters that pushed pages arrived.
+    pub(super) fn announce_arrival(&self) {
+        self.lock().generation += 1;
+        self.arrived.notify_waiters();
     }
-}
 
-impl Drop for PushOpen {
-    fn drop(&mut self) {
-        self.0.lock().open = false;
+    /// A push reader starts (the push's position is learnt anew from its runs).
+    pub(super) fn reader_started(&self) {
+        let mut c = self.lock();
+        c.readers += 1;
+        c.last.clear();
+    }
+
+    /// A push reader ended (or was aborted with its link).
+    pub(super) fn reader_stopped(&self) {
+        let mut c = self.lock();
+        c.readers = c.readers.saturating_sub(1);
+        if c.readers == 0 {
+            c.last.clear();
+        }
+        drop(c);
         // A step waiting for the push learns that it must ask now.
-        self.0.arrived.notify_waiters();
+        self.announce_arrival();
     }
-}
 
-async fn read_push_frames(mut recv: RecvStream, cache: &PushCache) {
-    let Ok(mut dec) = LazyDecoder::new(cache.page_size) else { return };
-    let mut buf = BytesMut::new();
-    let mut chunk = vec![0u8; 256 << 10];
-    loop {
-        while cache.full() {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            _ => return,
-        }
-        let mut any = false;
+    /// Waits until the cache has room for more pushed pages.
+    pub(super) async fn wait_for_room(&self) {
         loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(LazyFrame::Pages { req: 0, id, run, data })) => {
-                    cache.insert(id, run, &data);
-                    any = true;
+            let room = self.room.notified();
+            {
+                let c = self.lock();
+                if c.bytes < c.limit {
+                    return;
                 }
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => break,
             }
+            room.await;
         }
-        if any {
-            cache.arrived.notify_waiters();
-        }
-        tokio::task::yield_now().await;
     }
 }
 
@@ -271,7 +308,8 @@ mod tests {
 
     #[test]
     fn knows_what_the_push_brings_next_in_both_directions() {
-        let c = PushCache::new(PS, 1 << 20);
+        let c = PushCache::new(PS, 16 << 20);
+        c.reader_started();
         assert!(!c.expects(ID, run(0, 1), u64::MAX), "nothing pushed yet");
         push(&c, 0, 64);
         push(&c, 64, 64);
@@ -284,6 +322,13 @@ mod tests {
         push(&c, 436, 64);
         assert!(c.expects(ID, run(420, 16), 64 * PS));
         assert!(!c.expects(ID, run(600, 16), 64 * PS), "above a downward push");
+        // A jump far down (the push following a fetch) goes upwards from there.
+        push(&c, 100, 16);
+        assert!(c.expects(ID, run(116, 16), 64 * PS));
+        assert!(!c.expects(ID, run(90, 4), 64 * PS));
+        // Without a push being read, nothing is expected.
+        c.reader_stopped();
+        assert!(!c.expects(ID, run(116, 16), 64 * PS));
     }
 
     #[test]
@@ -307,22 +352,37 @@ mod tests {
     fn pending_only_while_a_reader_lives_and_the_cache_has_room() {
         let c = PushCache::new(PS, 4 * PS as usize);
         assert!(!c.pending());
-        let open = PushOpen::new(c.clone());
+        c.reader_started();
         assert!(c.pending());
         push(&c, 0, 4);
         assert!(!c.pending(), "full: the push is paused");
         let mut out = vec![0u8; (4 * PS) as usize];
         assert!(c.take(ID, run(0, 4), &mut out));
         assert!(c.pending());
-        // An aborted reader (a dropped future) closes it too.
-        drop(open);
+        // A new reader may start before the aborted one is gone.
+        c.reader_started();
+        c.reader_stopped();
+        assert!(c.pending());
+        c.reader_stopped();
         assert!(!c.pending());
+    }
+
+    #[test]
+    fn a_released_pagemap_is_dropped_now_and_on_arrival() {
+        let c = PushCache::new(PS, 1 << 20);
+        push(&c, 0, 8);
+        c.release(ID);
+        assert_eq!(c.first_wanted(ID, &mut |_| true), None);
+        push(&c, 8, 8);
+        assert_eq!(c.first_wanted(ID, &mut |_| true), None);
+        assert_eq!(c.counts(), (16, 16));
     }
 
     #[test]
     fn waits_for_the_push_until_it_arrives_or_passes() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let c = PushCache::new(PS, 1 << 20);
+        c.reader_started();
         push(&c, 0, 16);
         let (c2, arrives) = (
             c.clone(),
@@ -331,10 +391,10 @@ mod tests {
                 async move {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     push(&c, 16, 16);
-                    c.arrived.notify_waiters();
+                    c.announce_arrival();
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     push(&c, 40, 16);
-                    c.arrived.notify_waiters();
+                    c.announce_arrival();
                 }
             }),
         );
@@ -346,5 +406,10 @@ mod tests {
         assert!(at.elapsed() < long / 2);
         rt.block_on(arrives).expect("pusher");
         assert!(!rt.block_on(c2.wait_for(ID, run(100, 1), Duration::from_millis(1))), "times out");
+        // A push that stops ends the wait at once.
+        c2.reader_stopped();
+        let at = std::time::Instant::now();
+        assert!(!rt.block_on(c2.wait_for(ID, run(56, 4), long)));
+        assert!(at.elapsed() < long / 2);
     }
 }
