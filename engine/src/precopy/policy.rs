@@ -77,9 +77,9 @@ impl Default for PreCopyPolicy {
 }
 
 /// Rounds within which a destination's commit estimate must have come down for pre-copy to
-/// keep waiting for it: with pauses of up to [`MAX_WAIT`] between them, long enough for one of
-/// the destination's sync steps at the disk rates seen here.
-pub const STALL_ROUNDS: usize = 8;
+/// keep waiting for it: with pauses of up to [`MAX_WAIT`] between them (~2 s in all), long
+/// enough for one of the destination's 128 MiB sync steps on a slow disk.
+pub const STALL_ROUNDS: usize = 16;
 
 /// How far below its highest value in the window the estimate must be to count as coming down.
 const STALL_FALL: f64 = 0.9;
@@ -196,12 +196,19 @@ mod tests {
             h.extend(commits.iter().map(|&c| slow(c)));
             long.decide(&h, h.len() as u32, 400, Duration::ZERO).0
         };
-        assert_eq!(with(&[250, 200, 200, 200, 200, 200, 200, 200, 200]), Verdict::Wait(MAX_WAIT));
-        assert_eq!(with(&[200; 9]), Verdict::Continue);
+        let n = STALL_ROUNDS;
+        let mut falls = vec![250];
+        falls.extend([200].repeat(n));
+        assert_eq!(with(&falls), Verdict::Wait(MAX_WAIT));
+        assert_eq!(with(&[200].repeat(n + 1)), Verdict::Continue);
         // The estimate jumps up once its rate is measured, then comes down again: still waited for.
-        assert_eq!(with(&[300, 280, 400, 420, 420, 420, 420, 420, 350]), Verdict::Wait(MAX_WAIT));
+        let mut jump = vec![300, 280, 400];
+        jump.extend([420].repeat(n - 3));
+        jump.push(350);
+        assert_eq!(with(&jump), Verdict::Wait(MAX_WAIT));
         // A wobble is not progress.
-        assert_eq!(with(&[200, 201, 200, 201, 200, 201, 200, 201, 200]), Verdict::Continue);
+        let wobble: Vec<u64> = (0..=n as u64).map(|i| 200 + i % 2).collect();
+        assert_eq!(with(&wobble), Verdict::Continue);
         // Early on (fewer rounds than the window) it is waited for.
         assert_eq!(with(&[200, 200, 200]), Verdict::Wait(MAX_WAIT));
         // The round limit still holds.
