@@ -84,19 +84,31 @@ pub const STALL_ROUNDS: usize = 16;
 /// How far below its highest value in the window the estimate must be to count as coming down.
 const STALL_FALL: f64 = 0.9;
 
+/// Wire bytes a round must carry for its bandwidth to count in [`PreCopyPolicy::estimate`].
+pub const MIN_BANDWIDTH_SAMPLE: u64 = 1 << 20;
+
 /// The longest [`Verdict::Wait`].
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
 impl PreCopyPolicy {
-    /// Estimated time to send `pages` pages, from the measured rounds (`None` before any).
+    /// Estimated time to send `pages` pages, from the measured rounds (`None` before any):
+    /// bandwidth and wire bytes per page of the last two rounds big enough to measure them
+    /// ([`MIN_BANDWIDTH_SAMPLE`], the latest weighted twice), else of the biggest round. A round
+    /// of a few pages takes the same few milliseconds of round trips whatever the link, so its
+    /// "bandwidth" says nothing about the next round's.
     pub fn estimate(&self, history: &[RoundMeasure], pages: u64) -> Option<Duration> {
-        let recent: Vec<&RoundMeasure> = history.iter().rev().take(2).filter(|m| m.duration > Duration::ZERO).collect();
-        if recent.is_empty() {
+        let measured = || history.iter().rev().filter(|m| m.duration > Duration::ZERO);
+        let mut sample: Vec<&RoundMeasure> =
+            measured().filter(|m| m.wire_bytes >= MIN_BANDWIDTH_SAMPLE).take(2).collect();
+        if sample.is_empty() {
+            sample.extend(measured().max_by_key(|m| m.wire_bytes));
+        }
+        if sample.is_empty() {
             return None;
         }
         // Weight the latest round twice.
         let (mut wire, mut secs, mut pgs) = (0.0, 0.0, 0.0);
-        for (i, m) in recent.iter().enumerate() {
+        for (i, m) in sample.iter().enumerate() {
             let w = if i == 0 { 2.0 } else { 1.0 };
             wire += w * m.wire_bytes as f64;
             secs += w * m.duration.as_secs_f64();
@@ -223,6 +235,12 @@ mod tests {
         // 1000 pages in 100 ms -> 10 pages per ms -> 500 pages take 50 ms.
         let e = p.estimate(&[m(1000, 100)], 500).unwrap();
         assert!((e.as_secs_f64() - 0.05).abs() < 1e-6, "{e:?}");
+        // Rounds of a few pages (a few ms of round trips each) do not set the bandwidth.
+        let e = p.estimate(&[m(1000, 100), m(2, 20), m(3, 15)], 500).unwrap();
+        assert!((e.as_secs_f64() - 0.05).abs() < 1e-6, "{e:?}");
+        // Without a big round, the biggest one does.
+        let e = p.estimate(&[m(40, 8), m(2, 20)], 500).unwrap();
+        assert!((e.as_secs_f64() - 0.1).abs() < 1e-6, "{e:?}");
     }
 
     #[test]

@@ -311,20 +311,31 @@ impl PageStore {
     /// the snapshots moved inside it (see [`snapshot`](super::snapshot)). Atomic: nothing
     /// appears at `final_path` unless everything was written and synced.
     pub fn commit(&mut self, final_path: &Path, pages_id_base: u32) -> Result<CommittedImage, StoreError> {
+        let started = std::time::Instant::now();
         let last_round = self.per_round.keys().max().copied();
         if let Some(s) = self.snapshots.as_mut() {
             s.settle_for_commit(last_round);
         }
+        let settled = started.elapsed();
         let mut w = ImageDirWriter::create(final_path, self.page_size, pages_id_base)?;
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
         let plan = self.index.iter().map(|(&(id, vaddr), slot)| (id, vaddr, slot.staged_over(newest, id, vaddr)));
         let written_bytes =
             write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None)?;
+        let written = started.elapsed();
         let snapshots = match self.snapshots.as_mut() {
             Some(s) => s.adopt_into(&mut w)?,
             None => 0,
         };
-        Ok(CommittedImage { dir: w.commit()?, snapshots, written_bytes })
+        let dir = w.commit()?;
+        tracing::debug!(
+            settle_ms = settled.as_millis() as u64,
+            write_ms = (written - settled).as_millis() as u64,
+            written_bytes,
+            sync_ms = (started.elapsed() - written).as_millis() as u64,
+            "image committed"
+        );
+        Ok(CommittedImage { dir, snapshots, written_bytes })
     }
 }
 
