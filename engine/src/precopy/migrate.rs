@@ -336,10 +336,19 @@ fn migrate_inner(
     let layout = read_layout()?;
     let last = sender.tracker.collect(&layout)?;
     dirty.union_with(&last);
+    let collected = frozen_at.elapsed();
     let (mut rec, _) = sender.run_round(sink, &dirty, round, &layout)?;
     rec.final_round = true;
+    let sent = frozen_at.elapsed();
     let receipt = sink.commit()?;
     let downtime = frozen_at.elapsed();
+    tracing::debug!(
+        freeze_and_collect_ms = collected.as_millis() as u64,
+        final_round_ms = (sent - collected).as_millis() as u64,
+        final_round_pages = rec.dirty_pages,
+        commit_ms = (downtime - sent).as_millis() as u64,
+        "downtime"
+    );
     rec.est_downtime_ms = None;
     on_round(&rec);
     records.push(rec);

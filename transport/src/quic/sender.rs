@@ -32,7 +32,7 @@ use super::endpoint::{client_bind_addr, make_endpoint, runtime};
 use super::error::TransportError;
 use super::sender_config::SenderConfig;
 use super::sender_streams::{handshake, session_id, Connected, DataLanes, PushError};
-use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_PROTOCOL};
+use super::session::{close, connection_error, ControlStream, Fault, CLOSE_ABORT, CLOSE_DONE, CLOSE_PROTOCOL};
 use crate::wire::{Agreement, ControlFrame, DataLimits, Hello, RunEncoder, StatsReport, WireError};
 
 /// Frames gathered before they are handed to a data stream together (at most the window).
@@ -335,8 +335,11 @@ impl QuicSink {
 
 impl Drop for QuicSink {
     fn drop(&mut self) {
-        if matches!(self.state, State::Idle | State::InRound(_)) {
-            self.shut(CLOSE_ABORT, "the sender dropped the session");
+        match self.state {
+            State::Idle | State::InRound(_) => self.shut(CLOSE_ABORT, "the sender dropped the session"),
+            // Closed at the commit without waiting: let the close reach the receiver now.
+            State::Committed => self.shut(CLOSE_DONE, "committed"),
+            _ => {}
         }
     }
 }

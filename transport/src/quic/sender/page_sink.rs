@@ -10,7 +10,7 @@ use pagestream_engine::sink::{CommitReceipt, PageSink, RoundSummary, SinkError, 
 use pagestream_engine::PageRun;
 
 use super::{QuicSink, State};
-use crate::quic::session::{CLOSE_ABORT, CLOSE_DONE};
+use crate::quic::session::{close, CLOSE_ABORT, CLOSE_DONE};
 use crate::quic::TransportError;
 use crate::wire::{ControlFrame, RunEncoder, NO_COMMIT_ESTIMATE};
 
@@ -131,7 +131,10 @@ impl PageSink for QuicSink {
             Ok(ControlFrame::CommitAck { location, pages }) => {
                 self.state = State::Committed;
                 self.control.finish();
-                self.shut(CLOSE_DONE, "committed");
+                // The close goes out in the background; waiting for the close handshake (a few
+                // round trips) would keep the source frozen for nothing: the copy is durable.
+                // Dropping the sink waits for it.
+                close(&self.conn, CLOSE_DONE, "committed");
                 Ok(CommitReceipt { location, pages })
             }
             Ok(other) => Err(self.fail(TransportError::Violation(format!("expected CommitAck, got {}", other.name())))),
