@@ -73,15 +73,14 @@ pub fn serve(
     // Pagemaps whose pages no task needs any more (the source was told it may drop them).
     let mut released: Vec<PagemapId> = Vec::new();
     loop {
-        let finished: Vec<PagemapId> =
-            tasks.iter().filter(|t| t.gone || t.lazy.is_empty()).map(|t| t.pagemap).collect();
-        tasks.retain(|t| !t.gone);
-        for id in finished {
-            if !released.contains(&id) && !tasks.iter().any(|t| t.pagemap == id && !t.lazy.is_empty()) {
-                source.release(id);
-                released.push(id);
+        for t in tasks.iter().filter(|t| t.gone || t.lazy.is_empty()) {
+            let needed = |o: &TaskUffd| o.pagemap == t.pagemap && !o.gone && !o.lazy.is_empty();
+            if !released.contains(&t.pagemap) && !tasks.iter().any(needed) {
+                source.release(t.pagemap);
+                released.push(t.pagemap);
             }
         }
+        tasks.retain(|t| !t.gone);
         let retrying = tasks.iter().any(|t| !t.retry.is_empty());
         let pushing = finished_at.is_some() && tasks.iter().any(|t| !t.lazy.is_empty());
         if let (Some(at), false, false) = (finished_at, pushing, retrying) {
