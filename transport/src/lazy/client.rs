@@ -359,12 +359,12 @@ impl PageSource for RemotePageSource {
             return Err(SourceError::BadBuffer { have: out.len(), nr_pages: run.nr_pages });
         }
         let mut pushed = self.cache.take(id, run, out);
-        if !pushed && self.cache.expects(id, run, u64::from(self.cfg.push_window)) {
-            let cache = self.cache.clone();
-            if self.rt.block_on(cache.wait_for(id, run, self.cfg.push_wait)) {
-                pushed = self.cache.take(id, run, out);
-                self.stats.push_waits += u64::from(pushed);
-            }
+        if !pushed
+            && self.cache.expects(id, run, u64::from(self.cfg.push_window))
+            && self.rt.block_on(self.cache.wait_for(id, run, self.cfg.push_wait))
+        {
+            pushed = self.cache.take(id, run, out);
+            self.stats.push_waits += u64::from(pushed);
         }
         if pushed {
             self.stats.pushed_pages_used += run.nr_pages;

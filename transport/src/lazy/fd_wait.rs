@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::sys::watched_fd::watch;
 
 /// Runs what is ready on `rt` (arrived packets included) without blocking.
-pub fn drive_once(rt: &Runtime) {
+fn drive_once(rt: &Runtime) {
     // Each `yield_now` lets the scheduler poll the I/O driver; the tasks it wakes run on the
     // next turn, hence two.
     rt.block_on(async {

@@ -44,6 +44,16 @@ impl Inner {
         self.readers > 0 && self.bytes < self.limit
     }
 
+    /// Whether every page of `run` (pages of `ps` bytes) is held.
+    fn holds(&self, id: PagemapId, run: PageRun, ps: u64) -> bool {
+        (0..run.nr_pages).all(|i| self.pages.contains_key(&(id, run.vaddr + i * ps)))
+    }
+
+    /// Records that `run` is installed: later pushed copies of it are dropped.
+    fn mark_served(&mut self, id: PagemapId, run: PageRun, ps: u64) {
+        self.served.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert(run);
+    }
+
     fn remove(&mut self, id: PagemapId, addr: u64) -> Option<Bytes> {
         let page = self.pages.remove(&(id, addr))?;
         self.bytes -= page.len();
@@ -153,16 +163,15 @@ impl PushCache {
             return false;
         }
         let mut c = self.lock();
-        let addr = |i: u64| run.vaddr + i * ps as u64;
-        if !(0..run.nr_pages).all(|i| c.pages.contains_key(&(id, addr(i)))) {
+        if !c.holds(id, run, self.page_size) {
             return false;
         }
         for (i, dst) in out.chunks_exact_mut(ps).enumerate() {
-            if let Some(page) = c.remove(id, addr(i as u64)) {
+            if let Some(page) = c.remove(id, run.vaddr + (i * ps) as u64) {
                 dst.copy_from_slice(&page);
             }
         }
-        c.served.entry(id).or_insert_with(|| PageRunSet::new(ps as u64)).insert(run);
+        c.mark_served(id, run, self.page_size);
         drop(c);
         self.room.notify_waiters();
         true
@@ -175,7 +184,7 @@ impl PushCache {
         for i in 0..run.nr_pages {
             c.remove(id, run.vaddr + i * ps);
         }
-        c.served.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert(run);
+        c.mark_served(id, run, ps);
         drop(c);
         self.room.notify_waiters();
     }
@@ -205,13 +214,12 @@ impl PushCache {
     /// the run without all of it, stopped or paused, or the time ran out. Must run on the push
     /// reader's runtime.
     pub async fn wait_for(&self, id: PagemapId, run: PageRun, limit: Duration) -> bool {
-        let page_size = self.page_size;
         let wait = async {
             loop {
                 let arrived = self.arrived.notified();
                 {
                     let c = self.lock();
-                    if (0..run.nr_pages).all(|i| c.pages.contains_key(&(id, run.vaddr + i * page_size))) {
+                    if c.holds(id, run, self.page_size) {
                         return true;
                     }
                     if !c.pending() || self.position(&c, id, run) == Position::Past {
