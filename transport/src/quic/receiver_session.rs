@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pagestream_engine::store::PageStore;
+use pagestream_engine::store::{CommittedImage, PageStore};
 use quinn::{Connection, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -267,7 +267,7 @@ impl<'a> Session<'a> {
         peer: SocketAddr,
         on_event: &mut impl FnMut(ReceiverEvent),
     ) -> Result<SessionReport, TransportError> {
-        let Committed { dir, pages, snapshots, written_bytes } = committed;
+        let Committed { image: CommittedImage { dir, snapshots, written_bytes }, pages } = committed;
         let location = bounded_reason(&dir.display().to_string());
         if let Err(e) = self.send(&ControlFrame::CommitAck { location, pages }).await {
             // The sender cannot have the acknowledgement: it keeps its process, and we keep nothing.

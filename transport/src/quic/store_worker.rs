@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use pagestream_engine::round_digest::RoundDigest;
-use pagestream_engine::store::PageStore;
+use pagestream_engine::store::{CommittedImage, PageStore};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::TransportError;
@@ -24,14 +24,10 @@ use crate::wire::{DataRun, RunContent};
 /// Where a commit landed.
 #[derive(Debug)]
 pub struct Committed {
-    /// The image directory.
-    pub dir: PathBuf,
+    /// The image directory, its snapshots and what the commit wrote.
+    pub image: CommittedImage,
     /// Distinct pages it holds.
     pub pages: u64,
-    /// Background snapshots in its pre-dump chain.
-    pub snapshots: usize,
-    /// Page bytes written by the commit itself.
-    pub written_bytes: u64,
 }
 
 /// Work for the store worker.
@@ -209,15 +205,15 @@ impl Worker {
         if let Some((_, dir, done)) = self.commit_waiter.take() {
             let answer = answer.unwrap_or_else(|| {
                 let pages = self.store.len_pages();
-                self.store
-                    .commit(&dir, 1)
-                    .map(|c| Committed { dir: c.dir, pages, snapshots: c.snapshots, written_bytes: c.written_bytes })
-                    .map_err(TransportError::from)
+                self.store.commit(&dir, 1).map(|image| Committed { image, pages }).map_err(TransportError::from)
             });
             if let Err(Ok(orphan)) = done.send(answer) {
                 // Nobody is left to acknowledge it: a failed session leaves no directory.
-                tracing::warn!("removing {}: the session ended while it was being committed", orphan.dir.display());
-                let _ = std::fs::remove_dir_all(&orphan.dir);
+                tracing::warn!(
+                    "removing {}: the session ended while it was being committed",
+                    orphan.image.dir.display()
+                );
+                let _ = std::fs::remove_dir_all(&orphan.image.dir);
             }
         }
     }
