@@ -24,14 +24,20 @@ impl PageStore {
 
     /// What a destination does once round `round` is complete: starts a background snapshot if
     /// one is worthwhile (a failure only makes the commit longer, so it is logged) and returns
-    /// the commit estimate to report with the round's acknowledgement.
+    /// the commit estimate to report with the round's acknowledgement. One walk of the index
+    /// serves both.
     pub fn round_complete(&mut self, round: u32) -> Option<Duration> {
-        match self.snapshot(round) {
+        self.snapshots.as_ref()?;
+        // First: it collects a snapshot that finished, which the counts must see.
+        let may = self.may_snapshot(round);
+        let (fresh, backlog) = self.unsnapshotted(round);
+        let started = if may { self.start_snapshot(round, fresh) } else { Ok(false) };
+        match started {
             Ok(true) => tracing::debug!(round, "background snapshot started"),
             Ok(false) => {}
             Err(e) => tracing::warn!(round, "no background snapshot: {e}"),
         }
-        self.commit_estimate()
+        self.estimate_for(backlog)
     }
 
     /// Lets [`snapshot`](Self::snapshot) write background parent images (in `staging_dir`, which
@@ -49,22 +55,55 @@ impl PageStore {
     /// one started: not when snapshots are off, one is still being written, the chain is at
     /// its longest, or too little changed since the previous one.
     pub fn snapshot(&mut self, upto_round: u32) -> Result<bool, StoreError> {
-        let Some(s) = self.snapshots.as_mut() else { return Ok(false) };
-        if !s.can_start() || s.newest().is_some_and(|n| n.upto_round >= upto_round) {
+        // Checked before the index is walked: most calls (small later rounds) stop here.
+        if !self.may_snapshot(upto_round) {
             return Ok(false);
         }
-        let ps = self.page_size;
+        let (fresh, _) = self.unsnapshotted(upto_round);
+        self.start_snapshot(upto_round, fresh)
+    }
+
+    /// How long a commit would take now beyond the final round's own pages: the page bytes not
+    /// in the newest finished snapshot at the rate snapshots make them durable (before one
+    /// has synced anything, a guess from the staging's direct writes; `None` without snapshots
+    /// or any rate). Senders fold it into their downtime estimate.
+    pub fn commit_estimate(&self) -> Option<Duration> {
+        self.snapshots.as_ref()?;
+        self.estimate_for(self.unsnapshotted(u32::MAX).1)
+    }
+
+    /// Whether a snapshot of rounds up to `upto_round` may start: snapshots are on, none is
+    /// being written (a finished one is collected here), the chain has room, and the newest
+    /// does not already reach that round.
+    fn may_snapshot(&mut self, upto_round: u32) -> bool {
+        self.snapshots.as_mut().is_some_and(|s| s.can_start() && s.newest().is_none_or(|n| n.upto_round < upto_round))
+    }
+
+    /// Data pages the newest finished snapshot does not hold: those of rounds up to
+    /// `upto_round`, and all of them.
+    fn unsnapshotted(&self, upto_round: u32) -> (u64, u64) {
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
-        let held = self.index.iter().filter(|(_, s)| s.round <= upto_round);
-        // Counted before anything is built: most calls (small later rounds) stop here.
-        let fresh =
-            held.clone().filter(|(&(id, v), s)| matches!(s.staged_over(newest, id, v), Staged::Data(_))).count();
-        if fresh as u64 * ps < MIN_SNAPSHOT_BYTES {
+        let (mut upto, mut all) = (0, 0);
+        for (&(id, vaddr), slot) in &self.index {
+            if matches!(slot.staged_over(newest, id, vaddr), Staged::Data(_)) {
+                all += 1;
+                upto += u64::from(slot.round <= upto_round);
+            }
+        }
+        (upto, all)
+    }
+
+    /// Starts the snapshot of rounds up to `upto_round` if its `fresh` pages are worth another
+    /// level of the chain.
+    fn start_snapshot(&mut self, upto_round: u32, fresh: u64) -> Result<bool, StoreError> {
+        let ps = self.page_size;
+        if fresh * ps < MIN_SNAPSHOT_BYTES {
             return Ok(false);
         }
+        let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
         let mut pages: HashMap<PagemapId, PageRunSet> = HashMap::new();
         let mut plan = Vec::new();
-        for (&(id, vaddr), slot) in held {
+        for (&(id, vaddr), slot) in self.index.iter().filter(|(_, s)| s.round <= upto_round) {
             pages.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert_page(vaddr);
             plan.push((id, vaddr, slot.staged_over(newest, id, vaddr)));
         }
@@ -76,26 +115,13 @@ impl PageStore {
         }
     }
 
-    /// How long a commit would take now beyond the final round's own pages: the page bytes not
-    /// in the newest finished snapshot at the rate snapshots make them durable (before one
-    /// has synced anything, a guess from the staging's direct writes; `None` without snapshots
-    /// or any rate). Senders fold it into their downtime estimate.
-    pub fn commit_estimate(&self) -> Option<Duration> {
+    /// The commit estimate for `backlog` data pages not yet in a finished snapshot.
+    fn estimate_for(&self, backlog: u64) -> Option<Duration> {
         let snaps = self.snapshots.as_ref()?;
-        let newest = snaps.newest();
-        let backlog = self
-            .index
-            .iter()
-            .filter(|(&(id, vaddr), slot)| {
-                matches!(slot.content, Content::Data(_))
-                    && !newest.is_some_and(|n| n.holds(id, vaddr, slot.round, slot.seq))
-            })
-            .count() as u64
-            * self.page_size;
         // The disk's write rate as the staging's direct writes saw it.
         let (bytes, took) = self.staged_io;
         let disk_rate = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6));
-        snaps.estimate(backlog, disk_rate)
+        snaps.estimate(backlog * self.page_size, disk_rate)
     }
 }
 
