@@ -5,9 +5,13 @@
 //! PageReader, written to a socket, read and dropped on the other side) is measured in the same
 //! run as the baseline. Reported: GB/s of process memory in the first (full) round, wire ratio,
 //! CPU seconds per GB and peak RSS of each side.
+//!
+//! With `--link-mbit` (and `--link-delay-ms`) the receiving side sits behind a [`ShapedLink`]
+//! instead of loopback: a link of that rate and delay, where the bytes on the wire count and
+//! compression can pay for its CPU.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -18,6 +22,8 @@ use pagestream_engine::process::Target;
 use pagestream_engine::read::PageReader;
 use serde_json::{json, Value};
 
+use crate::shaped_link::ShapedLink;
+
 const GB: f64 = 1e9;
 
 fn me() -> Result<std::path::PathBuf> {
@@ -25,7 +31,7 @@ fn me() -> Result<std::path::PathBuf> {
 }
 
 /// One QUIC migration of the paused workload; returns the JSON line for it.
-fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str) -> Result<Value> {
+fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str, link: Option<&ShapedLink>) -> Result<Value> {
     let images = scratch.join(format!("images-{compression}-{}", w.pages));
     let tls = |side: &str| -> Vec<String> {
         vec![
@@ -37,8 +43,18 @@ fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str) -> Re
             certs.join(format!("{side}-key.pem")).display().to_string(),
         ]
     };
-    let mut rx = Command::new(me()?)
-        .args(["receive", "--listen", "127.0.0.1:0", "--images-dir"])
+    let ip = link.map_or(Ipv4Addr::LOCALHOST, |l| l.peer_addr);
+    let mut rx = match link {
+        Some(l) => {
+            let [program, rest @ ..] = l.exec_prefix();
+            let mut c = Command::new(program);
+            c.args(rest).arg(me()?);
+            c
+        }
+        None => Command::new(me()?),
+    };
+    let mut rx = rx
+        .args(["receive", "--listen", &format!("{ip}:0"), "--images-dir"])
         .arg(&images)
         .args(tls("server"))
         .stdout(Stdio::null())
@@ -48,7 +64,7 @@ fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str) -> Re
     BufReader::new(rx.stderr.take().ok_or_else(|| anyhow!("receiver stderr"))?).read_line(&mut first)?;
     let addr = first
         .split_whitespace()
-        .find(|t| t.starts_with("127.0.0.1:"))
+        .find(|t| t.starts_with(&format!("{ip}:")))
         .ok_or_else(|| anyhow!("receiver said {first:?}"))?;
     let mut tx = Command::new(me()?)
         .args(["send", "--pid", &w.pid.to_string(), "--to", addr, "--tls-server-name", "localhost", "--leave-running"])
@@ -84,9 +100,21 @@ fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str) -> Re
 }
 
 /// The baseline: the same pages over a plain TCP socket, dropped at the other end.
-fn tcp_run(w: &Workload) -> Result<Value> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
+fn tcp_run(w: &Workload, link: Option<&ShapedLink>) -> Result<Value> {
+    let ip = link.map_or(Ipv4Addr::LOCALHOST, |l| l.peer_addr);
+    let (listener, addr) = std::thread::scope(|s| {
+        // The listener is bound from a thread inside the link's namespace; the socket stays there.
+        s.spawn(|| -> Result<(TcpListener, SocketAddr)> {
+            if let Some(l) = link {
+                l.enter()?;
+            }
+            let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+            let addr = listener.local_addr()?;
+            Ok((listener, addr))
+        })
+        .join()
+        .map_err(|_| anyhow!("binding the TCP sink panicked"))?
+    })?;
     let sink = std::thread::spawn(move || -> std::io::Result<u64> {
         let (mut s, _) = listener.accept()?;
         let mut buf = vec![0u8; 1 << 20];
@@ -117,20 +145,27 @@ fn tcp_run(w: &Workload) -> Result<Value> {
     Ok(json!({ "mode": "tcp_plain", "size_bytes": got, "gbps": got as f64 / secs / GB }))
 }
 
-/// Runs the benchmark for each size.
-pub fn run(sizes: &[u64], as_json: bool) -> Result<()> {
+/// Runs the benchmark for each size; over a shaped link of `link_mbit` Mbit/s and
+/// `link_delay_ms` one-way delay when a rate is given, else over loopback.
+pub fn run(sizes: &[u64], link_mbit: Option<u32>, link_delay_ms: f64, as_json: bool) -> Result<()> {
+    let link = link_mbit.map(|mbit| ShapedLink::create(mbit, link_delay_ms)).transpose()?;
+    let link = link.as_ref();
     let scratch = tempfile::Builder::new().prefix("pagestream-bench-").tempdir()?;
     let certs = scratch.path().join("certs");
     pagestream_transport::quic::make_dev_certs(&certs, &[])?;
     let exe = workload_next_to_me()?;
     for &size in sizes {
         let w = Workload::spawn_program(&exe, &["--size", &size.to_string(), "--paused", "--report-ms", "100000000"])?;
-        let tcp = tcp_run(&w)?;
-        let lz4 = quic_run(&w, &certs, scratch.path(), "lz4")?;
-        let raw = quic_run(&w, &certs, scratch.path(), "none")?;
+        let tcp = tcp_run(&w, link)?;
+        let lz4 = quic_run(&w, &certs, scratch.path(), "lz4", link)?;
+        let raw = quic_run(&w, &certs, scratch.path(), "none", link)?;
         let ratio = |a: &Value, b: &Value| a["gbps"].as_f64().unwrap_or(0.0) / b["gbps"].as_f64().unwrap_or(f64::NAN);
-        let summary =
+        let mut summary =
             json!({ "size_bytes": size, "lz4_vs_none": ratio(&lz4, &raw), "lz4_vs_tcp_plain": ratio(&lz4, &tcp) });
+        summary["link"] = match link {
+            Some(l) => json!({ "mbit": l.mbit, "delay_ms": l.delay_ms }),
+            None => json!("loopback"),
+        };
         for v in [&tcp, &lz4, &raw, &summary] {
             if as_json {
                 println!("{v}");

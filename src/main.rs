@@ -16,6 +16,7 @@ mod round_report;
 mod rusage;
 mod send_cmd;
 mod serve_lazy_cmd;
+mod shaped_link;
 mod tls_args;
 mod track_cmd;
 
@@ -144,6 +145,13 @@ enum BenchCommand {
         /// Workload sizes to measure (comma separated, suffixes K, M, G).
         #[arg(long, default_value = "256M,1G", value_delimiter = ',', value_parser = pagestream::parse_size)]
         sizes: Vec<u64>,
+        /// Migrate over a link of this many Mbit/s (a veth pair into a network namespace with
+        /// netem; needs root and iproute2) instead of loopback.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        link_mbit: Option<u32>,
+        /// One-way delay of that link in milliseconds (the round trip is twice this).
+        #[arg(long, default_value_t = 0.0, requires = "link_mbit")]
+        link_delay_ms: f64,
         /// JSON lines (the default output is JSON lines too).
         #[arg(long)]
         json: bool,
@@ -224,7 +232,9 @@ fn main() -> ExitCode {
             track_cmd::run(pid, tracker.0, rounds, Duration::from_millis(interval_ms), json)
         }
         Command::Bench(BenchCommand::Track { size, repeat, json }) => bench_track::run(size, repeat.max(1), json),
-        Command::Bench(BenchCommand::Stream { sizes, json }) => bench_stream::run(&sizes, json),
+        Command::Bench(BenchCommand::Stream { sizes, link_mbit, link_delay_ms, json }) => {
+            bench_stream::run(&sizes, link_mbit, link_delay_ms, json)
+        }
         Command::Selftest(SelftestCommand::Track { tracker }) => selftest_cmd(tracker.0),
     };
     match result {

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 packages=()
 command -v crit >/dev/null 2>&1 || packages+=(criu)   # crit: CRIU's image tool, for interop tests
 dpkg -s libclang-dev >/dev/null 2>&1 || packages+=(libclang-dev)   # bindgen of the userfaultfd crate
+command -v tc >/dev/null 2>&1 || packages+=(iproute2)   # ip, tc: the shaped link of bench stream
 
 if [ "$(id -u)" = 0 ]; then
     if [ ${#packages[@]} -gt 0 ]; then
