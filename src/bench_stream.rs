@@ -6,6 +6,9 @@
 //! run as the baseline. Reported: GB/s of process memory in the first (full) round, wire ratio,
 //! CPU seconds per GB and peak RSS of each side.
 //!
+//! With `--workload python` the process moved is a `python3` holding a large dict instead (a
+//! real heap, see [`PythonHeap`]): every page of it that holds data.
+//!
 //! With `--link-mbit` (and `--link-delay-ms`) the receiving side sits behind a [`ShapedLink`]
 //! instead of loopback: a link of that rate and delay, where the bytes on the wire count and
 //! compression can pay for its CPU.
@@ -20,9 +23,33 @@ use anyhow::{anyhow, bail, Context, Result};
 use pagestream::workload_client::{workload_next_to_me, Workload};
 use pagestream_engine::process::Target;
 use pagestream_engine::read::PageReader;
+use pagestream_engine::{page_size, PageRunSet};
 use serde_json::{json, Value};
 
+use crate::python_heap::PythonHeap;
 use crate::shaped_link::ShapedLink;
+
+/// `--workload`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchWorkload {
+    /// pagestream's test workload, paused, with realistic content (30% zero, 40% text, 30% random).
+    Demo,
+    /// A python3 process holding a large dict.
+    Python,
+}
+
+/// The process a run moves, and the pages of it that count.
+struct Subject {
+    pid: i32,
+    page_size: u64,
+    pages: PageRunSet,
+}
+
+impl Subject {
+    fn bytes(&self) -> f64 {
+        (self.pages.len_pages() * self.page_size) as f64
+    }
+}
 
 const GB: f64 = 1e9;
 
@@ -31,8 +58,8 @@ fn me() -> Result<std::path::PathBuf> {
 }
 
 /// One QUIC migration of the paused workload; returns the JSON line for it.
-fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str, link: Option<&ShapedLink>) -> Result<Value> {
-    let images = scratch.join(format!("images-{compression}-{}", w.pages));
+fn quic_run(w: &Subject, certs: &Path, scratch: &Path, compression: &str, link: Option<&ShapedLink>) -> Result<Value> {
+    let images = scratch.join(format!("images-{compression}-{}", w.pid));
     let tls = |side: &str| -> Vec<String> {
         vec![
             "--tls-cacert".into(),
@@ -85,7 +112,7 @@ fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str, link:
         .lines()
         .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["round"] == 0))
         .ok_or_else(|| anyhow!("no round 0 in {out}"))?;
-    let bytes = (w.pages * w.page_size) as f64;
+    let bytes = w.bytes();
     let secs = round0["duration_ms"].as_f64().unwrap_or(f64::NAN) / 1e3;
     let raw = round0["raw_bytes"].as_f64().unwrap_or(f64::NAN);
     let wire = round0["wire_bytes"].as_f64().unwrap_or(f64::NAN);
@@ -100,7 +127,7 @@ fn quic_run(w: &Workload, certs: &Path, scratch: &Path, compression: &str, link:
 }
 
 /// The baseline: the same pages over a plain TCP socket, dropped at the other end.
-fn tcp_run(w: &Workload, link: Option<&ShapedLink>) -> Result<Value> {
+fn tcp_run(w: &Subject, link: Option<&ShapedLink>) -> Result<Value> {
     let ip = link.map_or(Ipv4Addr::LOCALHOST, |l| l.peer_addr);
     let (listener, addr) = std::thread::scope(|s| {
         // The listener is bound from a thread inside the link's namespace; the socket stays there.
@@ -131,7 +158,7 @@ fn tcp_run(w: &Workload, link: Option<&ShapedLink>) -> Result<Value> {
     let mut s = TcpStream::connect(addr)?;
     let t0 = Instant::now();
     let mut failure = None;
-    reader.read(w.area().iter(), |_, bytes| {
+    reader.read(w.pages.iter(), |_, bytes| {
         if failure.is_none() {
             failure = s.write_all(bytes).err();
         }
@@ -147,7 +174,13 @@ fn tcp_run(w: &Workload, link: Option<&ShapedLink>) -> Result<Value> {
 
 /// Runs the benchmark for each size; over a shaped link of `link_mbit` Mbit/s and
 /// `link_delay_ms` one-way delay when a rate is given, else over loopback.
-pub fn run(sizes: &[u64], link_mbit: Option<u32>, link_delay_ms: f64, as_json: bool) -> Result<()> {
+pub fn run(
+    sizes: &[u64],
+    workload: BenchWorkload,
+    link_mbit: Option<u32>,
+    link_delay_ms: f64,
+    as_json: bool,
+) -> Result<()> {
     let link = link_mbit.map(|mbit| ShapedLink::create(mbit, link_delay_ms)).transpose()?;
     let link = link.as_ref();
     let scratch = tempfile::Builder::new().prefix("pagestream-bench-").tempdir()?;
@@ -155,13 +188,31 @@ pub fn run(sizes: &[u64], link_mbit: Option<u32>, link_delay_ms: f64, as_json: b
     pagestream_transport::quic::make_dev_certs(&certs, &[])?;
     let exe = workload_next_to_me()?;
     for &size in sizes {
-        let w = Workload::spawn_program(&exe, &["--size", &size.to_string(), "--paused", "--report-ms", "100000000"])?;
+        // Kept alive (and killed when dropped) for the size's runs.
+        let (_demo, _python, w);
+        match workload {
+            BenchWorkload::Demo => {
+                let d = Workload::spawn_program(
+                    &exe,
+                    &["--size", &size.to_string(), "--paused", "--report-ms", "100000000"],
+                )?;
+                w = Subject { pid: d.pid, page_size: d.page_size, pages: d.area() };
+                _demo = Some(d);
+            }
+            BenchWorkload::Python => {
+                let p = PythonHeap::spawn(size)?;
+                w = Subject { pid: p.pid, page_size: page_size(), pages: p.pages(page_size())? };
+                _python = Some(p);
+            }
+        }
         let tcp = tcp_run(&w, link)?;
         let lz4 = quic_run(&w, &certs, scratch.path(), "lz4", link)?;
         let raw = quic_run(&w, &certs, scratch.path(), "none", link)?;
         let ratio = |a: &Value, b: &Value| a["gbps"].as_f64().unwrap_or(0.0) / b["gbps"].as_f64().unwrap_or(f64::NAN);
-        let mut summary =
-            json!({ "size_bytes": size, "lz4_vs_none": ratio(&lz4, &raw), "lz4_vs_tcp_plain": ratio(&lz4, &tcp) });
+        let mut summary = json!({
+            "size_bytes": size, "workload": format!("{workload:?}").to_lowercase(), "memory_bytes": w.bytes(),
+            "lz4_vs_none": ratio(&lz4, &raw), "lz4_vs_tcp_plain": ratio(&lz4, &tcp),
+        });
         summary["link"] = match link {
             Some(l) => json!({ "mbit": l.mbit, "delay_ms": l.delay_ms }),
             None => json!("loopback"),

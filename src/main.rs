@@ -10,6 +10,7 @@ mod image_verify;
 mod lazy_pages_cmd;
 mod page_server_cmd;
 mod progress_sink;
+mod python_heap;
 mod receive_cmd;
 mod receive_criu_cmd;
 mod round_report;
@@ -145,6 +146,9 @@ enum BenchCommand {
         /// Workload sizes to measure (comma separated, suffixes K, M, G).
         #[arg(long, default_value = "256M,1G", value_delimiter = ',', value_parser = pagestream::parse_size)]
         sizes: Vec<u64>,
+        /// The process to move: the paused test workload, or python3 holding a dict of that size.
+        #[arg(long, value_enum, default_value = "demo")]
+        workload: bench_stream::BenchWorkload,
         /// Migrate over a link of this many Mbit/s (a veth pair into a network namespace with
         /// netem; needs root and iproute2) instead of loopback.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -232,8 +236,8 @@ fn main() -> ExitCode {
             track_cmd::run(pid, tracker.0, rounds, Duration::from_millis(interval_ms), json)
         }
         Command::Bench(BenchCommand::Track { size, repeat, json }) => bench_track::run(size, repeat.max(1), json),
-        Command::Bench(BenchCommand::Stream { sizes, link_mbit, link_delay_ms, json }) => {
-            bench_stream::run(&sizes, link_mbit, link_delay_ms, json)
+        Command::Bench(BenchCommand::Stream { sizes, workload, link_mbit, link_delay_ms, json }) => {
+            bench_stream::run(&sizes, workload, link_mbit, link_delay_ms, json)
         }
         Command::Selftest(SelftestCommand::Track { tracker }) => selftest_cmd(tracker.0),
     };

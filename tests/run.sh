@@ -10,6 +10,7 @@ packages=()
 command -v crit >/dev/null 2>&1 || packages+=(criu)   # crit: CRIU's image tool, for interop tests
 dpkg -s libclang-dev >/dev/null 2>&1 || packages+=(libclang-dev)   # bindgen of the userfaultfd crate
 command -v tc >/dev/null 2>&1 || packages+=(iproute2)   # ip, tc: the shaped link of bench stream
+command -v python3 >/dev/null 2>&1 || packages+=(python3)   # bench stream's python heap workload
 
 if [ "$(id -u)" = 0 ]; then
     if [ ${#packages[@]} -gt 0 ]; then
@@ -23,7 +24,7 @@ if [ "$(id -u)" = 0 ]; then
     # CRIU 4.1.1 from Debian 13, extracted under target/criu4 (not installed): real CRIU on the
     # host kernel for tests/criu4_host.rs. A failed download makes those tests fail, naming it.
     bash tests/criu4/install.sh || echo "== extracting CRIU 4.1.1 failed; the criu4 host tests will fail"
-    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit,qemu,criu4}"
+    export PAGESTREAM_REQUIRE="${PAGESTREAM_REQUIRE:-crit,qemu,criu4,tc,python3}"
 elif [ ${#packages[@]} -gt 0 ]; then
     echo "== not root: not installing ${packages[*]}; the tests that need them will say skipped"
 fi

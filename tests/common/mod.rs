@@ -49,7 +49,12 @@ pub fn require_tool(tool: &str, args: &[&str]) -> bool {
     if required.split(',').any(|t| t.trim() == tool) {
         panic!("{tool} is required (PAGESTREAM_REQUIRE={required}) but `{tool} {}` failed", args.join(" "));
     }
-    eprintln!("skipped: {tool} not installed (apt-get install criu provides crit)");
+    let package = match tool {
+        "crit" => "criu",
+        "tc" | "ip" => "iproute2",
+        other => other,
+    };
+    eprintln!("skipped: {tool} not installed (Debian package {package})");
     false
 }
 

@@ -18,7 +18,7 @@ use crate::criu::PagemapId;
 use crate::page::is_zero;
 use crate::process::freeze::{FreezeMethod, Frozen};
 use crate::process::maps::MemoryLayout;
-use crate::process::residency::{populated, ResidencyMethod};
+use crate::process::residency::{populated_in, ResidencyMethod};
 use crate::process::target::{Target, TargetError};
 use crate::read::PageReader;
 use crate::runset::PageRunSet;
@@ -156,10 +156,7 @@ impl Holdings {
             return Ok((PageRunSet::new(ps), PageRunSet::new(ps)));
         }
         let areas = layout.migrated_set(ps);
-        let mut resident = PageRunSet::new(ps);
-        for vma in layout.migrated() {
-            resident.union_with(&populated(&self.pagemap, vma, ps, self.method).map_err(MigrateError::Maps)?);
-        }
+        let resident = populated_in(&self.pagemap, layout, ps, self.method).map_err(MigrateError::Maps)?;
         let mut gone = self.held.clone();
         gone.subtract(&resident);
         let zero = gone.intersection(&areas);

@@ -8,10 +8,9 @@ use crate::criu::{ImageChain, ImageError, PageLookup, PagemapId};
 use crate::page::is_zero;
 use crate::page_size;
 use crate::process::maps::MemoryLayout;
-use crate::process::residency::{populated, ResidencyMethod};
+use crate::process::residency::{populated_in, ResidencyMethod};
 use crate::process::target::{Target, TargetError};
 use crate::read::PageReader;
-use crate::runset::PageRunSet;
 
 /// Why verification could not run (a mismatch is not an error: see [`VerifyReport`]).
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +61,7 @@ pub fn verify_image(target: &Target, image_dir: &Path) -> Result<VerifyReport, V
     let layout = MemoryLayout::read(pid)?;
     let pagemap = target.open_pagemap()?;
     let method = ResidencyMethod::probe();
-    let mut resident = PageRunSet::new(ps);
-    for vma in layout.migrated() {
-        resident.union_with(&populated(&pagemap, vma, ps, method)?);
-    }
+    let resident = populated_in(&pagemap, &layout, ps, method)?;
     let mut report = VerifyReport::default();
     let mut reader = PageReader::new(target, ps)?;
     let mut failure = None;

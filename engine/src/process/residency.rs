@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
-use super::maps::{Vma, VmaKind};
+use super::maps::{MemoryLayout, Vma, VmaKind};
 use crate::runset::PageRunSet;
 use crate::sys::pagemap_scan::{self, PageRegion, ScanQuery};
 
@@ -100,6 +100,20 @@ pub fn populated(pagemap: &File, vma: &Vma, page_size: u64, method: ResidencyMet
                 }
             })?;
         }
+    }
+    Ok(set)
+}
+
+/// The pages of every migrated area of `layout` that hold data ([`populated`] over all of them).
+pub fn populated_in(
+    pagemap: &File,
+    layout: &MemoryLayout,
+    page_size: u64,
+    method: ResidencyMethod,
+) -> io::Result<PageRunSet> {
+    let mut set = PageRunSet::new(page_size);
+    for vma in layout.migrated() {
+        set.union_with(&populated(pagemap, vma, page_size, method)?);
     }
     Ok(set)
 }

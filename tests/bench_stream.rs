@@ -1,6 +1,7 @@
-//! `pagestream bench stream --link-mbit`: the migration really goes over the shaped link (the
-//! plain TCP copy is held to the link's rate, QUIC's memory rate to what the rate allows after
-//! zero pages are elided) and the network namespace is gone afterwards. Needs root and iproute2.
+//! `pagestream bench stream`: with `--link-mbit` the migration really goes over the shaped link
+//! (the plain TCP copy is held to the link's rate, QUIC's memory rate to what the rate allows
+//! after zero pages are elided) and the network namespace is gone afterwards (needs root and
+//! iproute2); with `--workload python` a python3 heap is moved, all of it, and compresses.
 
 mod common;
 
@@ -56,4 +57,26 @@ fn a_link_rate_of_zero_or_a_delay_without_a_rate_is_refused() {
     let o = common::pagestream(&["bench", "stream", "--link-delay-ms", "5"]);
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("--link-mbit"), "{}", common::stderr(&o));
+}
+
+#[test]
+fn bench_stream_moves_a_python_heap() {
+    if !common::require_tool("python3", &["--version"]) {
+        return;
+    }
+    let out = common::pagestream(&["bench", "stream", "--workload", "python", "--sizes", "32M", "--json"]);
+    assert!(out.status.success(), "bench stream failed: {}", common::stderr(&out));
+    let lines: Vec<Value> =
+        common::stdout(&out).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let summary = lines.iter().find(|v| v.get("lz4_vs_none").is_some()).expect("a summary line");
+    assert_eq!(summary["workload"], "python");
+    let memory = summary["memory_bytes"].as_f64().expect("memory_bytes");
+    // The resident size it grew to also counts python's own text and libraries, which are not moved.
+    assert!(memory >= 32.0 * 1024.0 * 1024.0 * 0.75, "only {memory} bytes of the python process held data");
+    let mode = |m: &str| lines.iter().find(|v| v["mode"] == m).unwrap_or_else(|| panic!("no {m} line in {lines:?}"));
+    // The TCP copy moved the same pages the migrations did.
+    assert_eq!(mode("tcp_plain")["size_bytes"].as_f64(), Some(memory));
+    // A dict of small records compresses well (the demo workload's mix does not get under 0.7).
+    let ratio = mode("quic_lz4")["wire_ratio"].as_f64().expect("wire_ratio");
+    assert!(ratio < 0.6, "LZ4 wire ratio {ratio} on a python heap");
 }
