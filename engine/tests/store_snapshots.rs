@@ -228,3 +228,42 @@ fn a_page_stored_again_after_the_snapshot_was_planned_is_not_taken_from_it() {
     store.commit(&dir, 1).unwrap();
     check(&dir, &want, &[]);
 }
+
+#[test]
+fn zero_stretches_and_scattered_arrival_land_in_place_with_and_without_snapshots() {
+    // Zero stretches of 1, 5, 16 and 17 pages (the writer fills up to 16 with zeros to join
+    // two pieces of data into one write) and 40; pages arrive in 64-page frames from three
+    // streams, each taking its frames from the top down, so staging order is far from image
+    // order while each frame's pages stay in order.
+    let zero = |i: u64| [10..11, 20..25, 40..56, 70..87, 100..140].iter().any(|r| r.contains(&i));
+    for snapshots in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = PageStore::new(tmp.path(), PS).unwrap();
+        if snapshots {
+            store.enable_snapshots().unwrap();
+        }
+        let mut want = Want::new();
+        // A few pages come first: their staging slots lie before their neighbours', which must
+        // then not be joined across them as if they were zero.
+        for i in [5, 60, 1000] {
+            put(&mut store, &mut want, 0, i, 3_000 + i);
+        }
+        let frames = |stream: u64| (0..32u64).rev().filter(move |f| f % 3 == stream);
+        for i in (0..3u64).flat_map(frames).flat_map(|f| f * 64..f * 64 + 64) {
+            if zero(i) {
+                store.put_zero(0, ID, PageRun::new(BASE + i * PS, 1)).unwrap();
+                want.insert(i, None);
+            } else {
+                put(&mut store, &mut want, 0, i, i);
+            }
+        }
+        assert_eq!(store.snapshot(0).unwrap(), snapshots);
+        // Round 1 rewrites a few pages, one of them next to a zero stretch.
+        for i in [9, 56, 57, 500] {
+            put(&mut store, &mut want, 1, i, 5_000 + i);
+        }
+        let dir = tmp.path().join("img");
+        store.commit(&dir, 1).unwrap();
+        check(&dir, &want, &[]);
+    }
+}

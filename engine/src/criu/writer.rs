@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufWriter, IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +19,10 @@ use super::flags::PageFlags;
 use super::magic::{pages_file_name, PagemapId, PARENT_LINK};
 use super::pagemap::{check_entry, Pagemap, PagemapEntry};
 use crate::page::PageRun;
+use crate::sys::direct_io::{refused, set_direct, write_all_vectored_at};
+
+/// The shortest write [`PagemapWriter::write_data_at`] makes `O_DIRECT` once allowed.
+pub const DIRECT_MIN_BYTES: usize = 64 << 10;
 
 /// Writes one pagemap and its pages file, entry by entry; data may arrive in chunks.
 pub struct PagemapWriter {
@@ -35,6 +38,10 @@ pub struct PagemapWriter {
     hole_at_end: bool,
     /// Bytes of the pages file laid out (data written and holes).
     laid_out: u64,
+    /// Whether [`write_data_at`](Self::write_data_at) may write `O_DIRECT`.
+    direct_allowed: bool,
+    /// Whether the pages file is `O_DIRECT` now.
+    fd_direct: bool,
 }
 
 impl PagemapWriter {
@@ -108,15 +115,53 @@ impl PagemapWriter {
     /// Writes `data` at byte `offset` of the pages file, inside what is already laid out (for
     /// example as holes by [`write_zeros`](Self::write_zeros)): fills page data in any order.
     pub fn write_data_at(&mut self, data: &[u8], offset: u64) -> Result<(), ImageError> {
+        self.write_data_vectored_at(&[IoSlice::new(data)], offset)
+    }
+
+    /// [`write_data_at`](Self::write_data_at) of `pieces`, one after the other, in one call.
+    pub fn write_data_vectored_at(&mut self, pieces: &[IoSlice<'_>], offset: u64) -> Result<(), ImageError> {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
         let end = self.laid_out;
-        if offset.checked_add(data.len() as u64).is_none_or(|e| e > end) {
-            let msg = format!("{} bytes at {offset} lie beyond the {end} bytes laid out", data.len());
+        if offset.checked_add(len as u64).is_none_or(|e| e > end) {
+            let msg = format!("{len} bytes at {offset} lie beyond the {end} bytes laid out");
             return Err(ImageError::file(&self.pages_path, ImageErrorKind::Invalid(msg)));
         }
         if !self.pages.buffer().is_empty() {
             self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
         }
-        self.pages.get_ref().write_all_at(data, offset).map_err(|e| ImageError::io(&self.pages_path, e))
+        let file = self.pages.get_ref();
+        let direct = self.direct_allowed && len >= DIRECT_MIN_BYTES;
+        if direct != self.fd_direct {
+            if set_direct(file, direct) {
+                self.fd_direct = direct;
+            } else {
+                self.direct_allowed = false;
+            }
+        }
+        match write_all_vectored_at(file, pieces, offset) {
+            // Refused direct: all of it again, buffered (rewriting a part already written is harmless).
+            Err(e) if self.fd_direct && refused(&e) => {
+                self.direct_allowed = false;
+                self.fd_direct = !set_direct(file, false);
+                write_all_vectored_at(file, pieces, offset)
+            }
+            other => other,
+        }
+        .map_err(|e| ImageError::io(&self.pages_path, e))
+    }
+
+    /// Lets [`write_data_at`](Self::write_data_at) write pieces of at least
+    /// [`DIRECT_MIN_BYTES`] around the page cache (`O_DIRECT`: `data` and `offset` page-aligned),
+    /// or makes every write go through it again. Short writes stay buffered: a direct one waits
+    /// for the disk. A file system that refuses gets buffered writes; so does a write it finds
+    /// misaligned, from then on.
+    pub fn set_direct_data(&mut self, on: bool) -> Result<(), ImageError> {
+        self.pages.flush().map_err(|e| ImageError::io(&self.pages_path, e))?;
+        self.direct_allowed = on;
+        if !on && self.fd_direct {
+            self.fd_direct = !set_direct(self.pages.get_ref(), false);
+        }
+        Ok(())
     }
 
     /// Makes the page data written so far durable (`fdatasync`), e.g. to pace a long write.
@@ -232,6 +277,8 @@ impl ImageDirWriter {
             laid_out: 0,
             owed: 0,
             hole_at_end: false,
+            direct_allowed: false,
+            fd_direct: false,
         };
         Ok(self.pagemaps.entry(id).or_insert(w))
     }
@@ -239,6 +286,11 @@ impl ImageDirWriter {
     /// Makes the page data of every pagemap written so far durable.
     pub fn sync_pages(&mut self) -> Result<(), ImageError> {
         self.pagemaps.values_mut().try_for_each(PagemapWriter::sync_data)
+    }
+
+    /// [`PagemapWriter::set_direct_data`] for every pagemap opened so far.
+    pub fn set_direct_data(&mut self, on: bool) -> Result<(), ImageError> {
+        self.pagemaps.values_mut().try_for_each(|p| p.set_direct_data(on))
     }
 
     /// The pagemap `id` if it was opened.

@@ -4,9 +4,12 @@
 //! Shared by [`PageStore::commit`](super::PageStore::commit) and the background
 //! [`snapshots`](super::snapshot).
 
+use std::collections::HashMap;
+use std::io::IoSlice;
+
 use crate::criu::{ImageDirWriter, PageFlags, PagemapEntry, PagemapId};
 use crate::sys::aligned::AlignedBuf;
-use crate::PageRun;
+use crate::{PageRun, PageRunSet};
 
 use super::page_store::StoreError;
 
@@ -38,6 +41,12 @@ struct PageCopy {
 /// Page bytes between two syncs of a paced write.
 const SYNC_BYTES: u64 = 128 << 20;
 
+/// The most zero pages written out as zeros to join two pieces of data into one write.
+const MAX_ZERO_FILL: usize = 16;
+
+/// Pieces in one vectored write (below the kernel's `IOV_MAX` of 1024).
+const MAX_PIECES: usize = 512;
+
 /// Writes `pages` (sorted by pagemap, then address) into `w`. `read(buf, offset)` fills `buf`
 /// from the staging file; `cancelled` is asked between copies and stops the write with
 /// [`StoreError::Cancelled`]. With `synced`, the data is made durable every [`SYNC_BYTES`] and
@@ -46,7 +55,11 @@ const SYNC_BYTES: u64 = 128 << 20;
 ///
 /// First every pagemap is laid out in address order (entries, and the pages files' data as
 /// holes); then the data is copied in staging order, so staging is read in large sequential
-/// pieces however the pages arrived, and each page is written into its place.
+/// pieces however the pages arrived, and each page is written into its place. The copies go
+/// around the page cache (`O_DIRECT`, where the file system allows: first-touching page-cache
+/// memory is what buffered writes cost most here), so they are made long: pages that follow
+/// each other in the image go in one write, and so do pages with a few zero pages between them
+/// (written as zeros instead of left as holes).
 pub(crate) fn write_pages(
     w: &mut ImageDirWriter,
     page_size: u64,
@@ -57,6 +70,8 @@ pub(crate) fn write_pages(
 ) -> Result<u64, StoreError> {
     let ps = page_size;
     let mut copies = Vec::new();
+    // Per pagemap, the pages file's offsets of zero pages (holes), as pages of a run set.
+    let mut zeros: HashMap<PagemapId, PageRunSet> = HashMap::new();
     let mut pages = pages.peekable();
     let mut group: Vec<Staged> = Vec::new();
     while let Some(&(id, _, _)) = pages.peek() {
@@ -84,14 +99,19 @@ pub(crate) fn write_pages(
             pm.push_entry(PagemapEntry { vaddr: start, nr_pages: run.nr_pages, flags: PageFlags::PRESENT })?;
             let at = pm.laid_out();
             for (k, s) in group.iter().enumerate() {
-                if let Staged::Data(from) = *s {
-                    copies.push(PageCopy { from, id, to: at + k as u64 * ps });
+                let to = at + k as u64 * ps;
+                match *s {
+                    Staged::Data(from) => copies.push(PageCopy { from, id, to }),
+                    Staged::Zero => zeros.entry(id).or_insert_with(|| PageRunSet::new(ps)).insert_page(to),
+                    Staged::Parent => {}
                 }
             }
             pm.write_zeros(run.nr_pages * ps)?;
         }
     }
     copies.sort_unstable_by_key(|c| c.from);
+    w.set_direct_data(true)?;
+    let zero_fill = AlignedBuf::new(MAX_ZERO_FILL * ps as usize)?;
     let mut buf = AlignedBuf::new(COPY_PAGES * ps as usize)?;
     let (mut written, mut since_sync) = (0u64, 0u64);
     let mut i = 0;
@@ -108,17 +128,36 @@ pub(crate) fn write_pages(
             .count();
         let chunk = &mut buf.as_mut_slice()[..n * ps as usize];
         read(chunk, first)?;
-        // Pages next to each other in the image too go in one write.
+        let chunk = &*chunk;
+        let page = |k: usize| &chunk[k * ps as usize..(k + 1) * ps as usize];
+        let mut pieces: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_PIECES);
         let mut k = 0;
         while k < n {
+            // Pages of the chunk from k on whose places follow each other in the image, with
+            // at most MAX_ZERO_FILL zero pages between two of them.
             let c = copies[i + k];
-            let m = copies[i + k..i + n]
-                .iter()
-                .enumerate()
-                .take_while(|(j, d)| d.id == c.id && d.to == c.to + *j as u64 * ps)
-                .count();
+            let holes = zeros.get(&c.id);
+            pieces.clear();
+            pieces.push(IoSlice::new(page(k)));
+            let (mut m, mut end) = (1, c.to + ps);
+            while k + m < n && pieces.len() + 2 <= MAX_PIECES {
+                let d = copies[i + k + m];
+                let gap = d.to.saturating_sub(end) / ps;
+                let fill = d.id == c.id
+                    && d.to >= end
+                    && gap as usize <= MAX_ZERO_FILL
+                    && (gap == 0 || holes.is_some_and(|z| z.covers(PageRun::new(end, gap))));
+                if !fill {
+                    break;
+                }
+                if gap > 0 {
+                    pieces.push(IoSlice::new(&zero_fill.as_slice()[..(gap * ps) as usize]));
+                }
+                pieces.push(IoSlice::new(page(k + m)));
+                (m, end) = (m + 1, d.to + ps);
+            }
             let pm = w.pagemap(c.id).ok_or_else(|| std::io::Error::other(format!("pagemap {} not open", c.id)))?;
-            pm.write_data_at(&chunk[k * ps as usize..(k + m) * ps as usize], c.to)?;
+            pm.write_data_vectored_at(&pieces, c.to)?;
             k += m;
         }
         i += n;
@@ -130,5 +169,6 @@ pub(crate) fn write_pages(
             since_sync = 0;
         }
     }
+    w.set_direct_data(false)?;
     Ok(written)
 }

@@ -31,6 +31,7 @@ use super::image_out::write_pages;
 use super::snapshot::Snapshots;
 use crate::criu::{ImageDirWriter, ImageError, PagemapId};
 use crate::sys::aligned::AlignedBuf;
+use crate::sys::direct_io::{refused, set_direct};
 use crate::PageRun;
 
 mod snapshots;
@@ -145,7 +146,7 @@ impl PageStore {
     /// falls back to buffered I/O for good.
     fn write_staging(staging: &File, direct: &mut bool, data: &[u8], off: u64) -> Result<(), StoreError> {
         match staging.write_all_at(data, off) {
-            Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if *direct && refused(&e) => {
                 *direct = false;
                 set_direct(staging, false);
                 staging.write_all_at(data, off)?;
@@ -345,13 +346,4 @@ fn reopen(file: &File) -> Result<File, StoreError> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
     Ok(std::fs::OpenOptions::new().read(true).write(true).open(path)?)
-}
-
-/// Turns `O_DIRECT` on or off for `file`; `false` when the system refuses.
-fn set_direct(file: &File, on: bool) -> bool {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) else { return false };
-    let mut flags = OFlag::from_bits_truncate(flags);
-    flags.set(OFlag::O_DIRECT, on);
-    fcntl(file, FcntlArg::F_SETFL(flags)).is_ok()
 }

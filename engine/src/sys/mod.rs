@@ -3,6 +3,7 @@
 //! userfaultfd write-protect ioctls, `pidfd_getfd`) are spelled out from the kernel's uapi.
 
 pub mod aligned;
+pub mod direct_io;
 pub mod guardian;
 pub mod pagemap_scan;
 pub mod pidfd;

@@ -108,7 +108,10 @@ impl PageStore {
             plan.push((id, vaddr, slot.staged_over(newest, id, vaddr)));
         }
         self.flush_pending()?;
-        let staging = self.cached.try_clone()?;
+        // The staging's direct descriptor (where the file system allows it): the snapshot reads
+        // it in large aligned pieces without filling the page cache. Direct reads see the pages
+        // rewritten through the buffered one (the kernel writes those back first).
+        let staging = self.staging.try_clone()?;
         match self.snapshots.as_mut() {
             Some(s) => s.start(upto_round, self.writes, pages, plan, staging).map(|()| true),
             None => Ok(false),
