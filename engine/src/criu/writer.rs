@@ -19,10 +19,7 @@ use super::flags::PageFlags;
 use super::magic::{pages_file_name, PagemapId, PARENT_LINK};
 use super::pagemap::{check_entry, Pagemap, PagemapEntry};
 use crate::page::PageRun;
-use crate::sys::direct_io::{refused, set_direct, write_all_vectored_at};
-
-/// The shortest write [`PagemapWriter::write_data_at`] makes `O_DIRECT` once allowed.
-pub const DIRECT_MIN_BYTES: usize = 64 << 10;
+use crate::sys::direct_io::{refused, set_direct, write_all_vectored_at, DIRECT_MIN_BYTES};
 
 /// Writes one pagemap and its pages file, entry by entry; data may arrive in chunks.
 pub struct PagemapWriter {

@@ -29,6 +29,7 @@ use super::image_out::{write_pages, Staged};
 use super::page_store::StoreError;
 use super::snapshot_owner::SnapshotOwner;
 use crate::criu::{ImageDirWriter, PagemapId};
+use crate::sys::direct_io::{refused, DIRECT_MIN_BYTES};
 use crate::PageRunSet;
 
 /// The most snapshots one store writes (each is a level of the committed pre-dump chain).
@@ -55,6 +56,8 @@ impl Snapshot {
 
 struct Running {
     snapshot: Snapshot,
+    /// Page bytes it writes.
+    bytes: u64,
     cancel: Arc<AtomicBool>,
     /// Page bytes written and synced so far.
     synced: Arc<AtomicU64>,
@@ -99,16 +102,21 @@ impl Snapshots {
         self.done.last()
     }
 
+    /// The snapshot being written.
+    pub(crate) fn running(&self) -> Option<&Snapshot> {
+        self.running.as_ref().map(|r| &r.snapshot)
+    }
+
     /// Starts writing `plan` (sorted by pagemap and address; `Staged::Data` offsets into
-    /// `staging`) as a snapshot of rounds up to `upto_round`, planned at write sequence
-    /// `upto_seq`, holding `pages`.
+    /// the staging file, given as its direct and its buffered descriptor) as a snapshot of
+    /// rounds up to `upto_round`, planned at write sequence `upto_seq`, holding `pages`.
     pub(crate) fn start(
         &mut self,
         upto_round: u32,
         upto_seq: u64,
         pages: HashMap<PagemapId, PageRunSet>,
         plan: Vec<(PagemapId, u64, Staged)>,
-        staging: File,
+        (direct, cached): (File, File),
     ) -> Result<(), StoreError> {
         let path = self.owner.path(self.next_seq);
         self.next_seq += 1;
@@ -121,9 +129,19 @@ impl Snapshots {
         let synced_at_us = Arc::new(AtomicU64::new(0));
         let (stop, count, at) = (cancel.clone(), synced.clone(), synced_at_us.clone());
         let ps = self.page_size;
+        let bytes = plan.iter().filter(|(_, _, s)| matches!(s, Staged::Data(_))).count() as u64 * ps;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
             let t0 = Instant::now();
-            let mut read = |buf: &mut [u8], off: u64| Ok(staging.read_exact_at(buf, off)?);
+            let mut direct_ok = true;
+            let mut read = |buf: &mut [u8], off: u64| {
+                if direct_ok && buf.len() >= DIRECT_MIN_BYTES {
+                    match direct.read_exact_at(buf, off) {
+                        Err(e) if refused(&e) => direct_ok = false,
+                        other => return Ok(other?),
+                    }
+                }
+                Ok(cached.read_exact_at(buf, off)?)
+            };
             let synced = |bytes| {
                 at.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                 count.store(bytes, Ordering::Relaxed);
@@ -134,7 +152,7 @@ impl Snapshots {
             Ok(t0.elapsed())
         })?;
         let snapshot = Snapshot { path, upto_round, upto_seq, pages };
-        self.running = Some(Running { snapshot, cancel, synced, synced_at_us, handle });
+        self.running = Some(Running { snapshot, bytes, cancel, synced, synced_at_us, handle });
         Ok(())
     }
 
@@ -164,13 +182,12 @@ impl Snapshots {
         }
     }
 
-    /// How long a commit would take now to make `backlog` page bytes beyond the newest finished
-    /// snapshot durable (less what the running one already synced): at the rate snapshots make
-    /// bytes durable (the finished ones, else the running one once it synced a first piece),
-    /// else at a quarter of `disk_rate` (a cautious guess: each byte is read back, written and
-    /// synced, and syncing buffered writes is slower than large direct ones). `None` when no
-    /// rate is known.
-    pub(crate) fn estimate(&self, backlog: u64, disk_rate: Option<f64>) -> Option<Duration> {
+    /// How long a commit would take now: waiting for the running snapshot to write and sync
+    /// what it has not synced yet, then writing `own` page bytes no snapshot holds. At the rate
+    /// snapshots make bytes durable (the finished ones, else the running one once it synced a
+    /// first piece), else at a quarter of `disk_rate` (a cautious guess: each byte is read
+    /// back, written and synced). `None` when no rate is known.
+    pub(crate) fn estimate(&self, own: u64, disk_rate: Option<f64>) -> Option<Duration> {
         let synced = self.running.as_ref().map_or(0, |r| r.synced.load(Ordering::Relaxed));
         let rate = match (self.written, &self.running) {
             ((b, t), _) if b > 0 => b as f64 / t.as_secs_f64().max(1e-6),
@@ -180,7 +197,8 @@ impl Snapshots {
             }
             _ => disk_rate.filter(|r| *r > 0.0)? / 4.0,
         };
-        Some(Duration::from_secs_f64(backlog.saturating_sub(synced) as f64 / rate))
+        let running_left = self.running.as_ref().map_or(0, |r| r.bytes.saturating_sub(synced));
+        Some(Duration::from_secs_f64((running_left + own) as f64 / rate))
     }
 
     /// Before a commit whose newest round is `last_round`: stops a snapshot that started after

@@ -7,6 +7,10 @@ use std::fs::File;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
+/// The shortest transfer worth making `O_DIRECT`: a direct transfer waits for the disk (~90 us
+/// for a page here), so scattered pages are better written and read through the page cache.
+pub const DIRECT_MIN_BYTES: usize = 64 << 10;
+
 /// Turns `O_DIRECT` on or off for `file`'s open file description; `false` when refused.
 pub fn set_direct(file: &File, on: bool) -> bool {
     let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) else { return false };

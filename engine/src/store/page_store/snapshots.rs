@@ -13,6 +13,17 @@ use crate::PageRunSet;
 /// Fewer new bytes than this since the last snapshot are not worth another level of the chain.
 const MIN_SNAPSHOT_BYTES: u64 = 4 << 20;
 
+/// Data pages whose newest copy no finished snapshot holds.
+#[derive(Default)]
+struct Unsnapshotted {
+    /// All of them.
+    outside_finished: u64,
+    /// Those of the rounds a new snapshot would take.
+    fresh: u64,
+    /// Those the running snapshot does not hold either: the commit would write them itself.
+    outside_snapshots: u64,
+}
+
 impl PageStore {
     /// [`enable_snapshots`](Self::enable_snapshots), or a warning that the commit will write
     /// the whole image (snapshots only make it shorter).
@@ -30,14 +41,21 @@ impl PageStore {
         self.snapshots.as_ref()?;
         // First: it collects a snapshot that finished, which the counts must see.
         let may = self.may_snapshot(round);
-        let (fresh, backlog) = self.unsnapshotted(round);
-        let started = if may { self.start_snapshot(round, fresh) } else { Ok(false) };
-        match started {
-            Ok(true) => tracing::debug!(round, "background snapshot started"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(round, "no background snapshot: {e}"),
-        }
-        self.estimate_for(backlog)
+        let counts = self.unsnapshotted(round);
+        let started = if may { self.start_snapshot(round, counts.fresh) } else { Ok(false) };
+        let commit_writes = match started {
+            Ok(true) => {
+                tracing::debug!(round, "background snapshot started");
+                // The new snapshot takes the fresh pages; the commit would write the rest.
+                counts.outside_finished - counts.fresh
+            }
+            Ok(false) => counts.outside_snapshots,
+            Err(e) => {
+                tracing::warn!(round, "no background snapshot: {e}");
+                counts.outside_snapshots
+            }
+        };
+        self.estimate_for(commit_writes)
     }
 
     /// Lets [`snapshot`](Self::snapshot) write background parent images (in `staging_dir`, which
@@ -59,17 +77,18 @@ impl PageStore {
         if !self.may_snapshot(upto_round) {
             return Ok(false);
         }
-        let (fresh, _) = self.unsnapshotted(upto_round);
+        let fresh = self.unsnapshotted(upto_round).fresh;
         self.start_snapshot(upto_round, fresh)
     }
 
-    /// How long a commit would take now beyond the final round's own pages: the page bytes not
-    /// in the newest finished snapshot at the rate snapshots make them durable (before one
-    /// has synced anything, a guess from the staging's direct writes; `None` without snapshots
-    /// or any rate). Senders fold it into their downtime estimate.
+    /// How long a commit would take now beyond the final round's own pages: finishing the
+    /// running snapshot (it waits for it) and writing the pages in no snapshot, at the rate
+    /// snapshots make bytes durable (before one has synced anything, a guess from the
+    /// staging's direct writes; `None` without snapshots or any rate). Senders fold it into
+    /// their downtime estimate.
     pub fn commit_estimate(&self) -> Option<Duration> {
         self.snapshots.as_ref()?;
-        self.estimate_for(self.unsnapshotted(u32::MAX).1)
+        self.estimate_for(self.unsnapshotted(u32::MAX).outside_snapshots)
     }
 
     /// Whether a snapshot of rounds up to `upto_round` may start: snapshots are on, none is
@@ -79,18 +98,21 @@ impl PageStore {
         self.snapshots.as_mut().is_some_and(|s| s.can_start() && s.newest().is_none_or(|n| n.upto_round < upto_round))
     }
 
-    /// Data pages the newest finished snapshot does not hold: those of rounds up to
-    /// `upto_round`, and all of them.
-    fn unsnapshotted(&self, upto_round: u32) -> (u64, u64) {
-        let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
-        let (mut upto, mut all) = (0, 0);
+    /// Counts the data pages the newest finished snapshot does not hold (one walk of the index).
+    fn unsnapshotted(&self, upto_round: u32) -> Unsnapshotted {
+        let snaps = self.snapshots.as_ref();
+        let newest = snaps.and_then(Snapshots::newest);
+        let running = snaps.and_then(Snapshots::running);
+        let mut counts = Unsnapshotted::default();
         for (&(id, vaddr), slot) in &self.index {
             if matches!(slot.staged_over(newest, id, vaddr), Staged::Data(_)) {
-                all += 1;
-                upto += u64::from(slot.round <= upto_round);
+                counts.outside_finished += 1;
+                counts.fresh += u64::from(slot.round <= upto_round);
+                let in_running = running.is_some_and(|r| r.holds(id, vaddr, slot.round, slot.seq));
+                counts.outside_snapshots += u64::from(!in_running);
             }
         }
-        (upto, all)
+        counts
     }
 
     /// Starts the snapshot of rounds up to `upto_round` if its `fresh` pages are worth another
@@ -108,23 +130,25 @@ impl PageStore {
             plan.push((id, vaddr, slot.staged_over(newest, id, vaddr)));
         }
         self.flush_pending()?;
-        // The staging's direct descriptor (where the file system allows it): the snapshot reads
-        // it in large aligned pieces without filling the page cache. Direct reads see the pages
-        // rewritten through the buffered one (the kernel writes those back first).
-        let staging = self.staging.try_clone()?;
+        // Both of the staging's descriptors: the snapshot reads long pieces through the direct
+        // one (where the file system allows it) without filling the page cache, and short ones
+        // (pages rewritten in place, scattered) through the buffered one, since a direct read
+        // waits for the disk. Direct reads see the pages rewritten through the buffered one
+        // (the kernel writes those back first).
+        let staging = (self.staging.try_clone()?, self.cached.try_clone()?);
         match self.snapshots.as_mut() {
             Some(s) => s.start(upto_round, self.writes, pages, plan, staging).map(|()| true),
             None => Ok(false),
         }
     }
 
-    /// The commit estimate for `backlog` data pages not yet in a finished snapshot.
-    fn estimate_for(&self, backlog: u64) -> Option<Duration> {
+    /// The commit estimate when the commit itself would write `pages` data pages.
+    fn estimate_for(&self, pages: u64) -> Option<Duration> {
         let snaps = self.snapshots.as_ref()?;
         // The disk's write rate as the staging's direct writes saw it.
         let (bytes, took) = self.staged_io;
         let disk_rate = (bytes > 0).then(|| bytes as f64 / took.as_secs_f64().max(1e-6));
-        snaps.estimate(backlog * self.page_size, disk_rate)
+        snaps.estimate(pages * self.page_size, disk_rate)
     }
 }
 
