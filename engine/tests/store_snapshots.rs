@@ -235,10 +235,12 @@ fn zero_stretches_and_scattered_arrival_land_in_place_with_and_without_snapshots
     // two pieces of data into one write) and 40; pages arrive in 64-page frames from three
     // streams, each taking its frames from the top down, so staging order is far from image
     // order while each frame's pages stay in order.
+    // Each way both around the page cache (where the joining happens) and through it.
     let zero = |i: u64| [10..11, 20..25, 40..56, 70..87, 100..140].iter().any(|r| r.contains(&i));
-    for snapshots in [false, true] {
+    for (snapshots, direct_min) in [(false, 0), (true, 0), (false, u64::MAX), (true, u64::MAX)] {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = PageStore::new(tmp.path(), PS).unwrap();
+        store.set_direct_min_bytes(direct_min);
         if snapshots {
             store.enable_snapshots().unwrap();
         }

@@ -7,7 +7,8 @@
 //! * [`pagemap`]: `pagemap-<id>.img` / `pagemap-shmem-<id>.img` parsed and validated.
 //! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
 //! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
-//! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename).
+//! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename);
+//!   [`pagemap_writer`]: one pagemap and its pages file within it.
 //! * [`commit_marker`]: the marker of a complete dump committed by pagestream (CRIU plugin).
 //! * [`session_dirs`]: numbered session directories `ROOT/k` chained by `parent` links, `ROOT/last`.
 
@@ -19,6 +20,7 @@ pub mod image_dir;
 pub mod magic;
 pub mod mm;
 pub mod pagemap;
+pub mod pagemap_writer;
 pub mod proto;
 pub mod record;
 pub mod session_dirs;

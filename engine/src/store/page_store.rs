@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::image_out::write_pages;
+use super::image_out::{write_pages, DIRECT_MIN_JOB_BYTES};
 use super::snapshot::Snapshots;
 use crate::criu::{ImageDirWriter, ImageError, PagemapId};
 use crate::sys::aligned::AlignedBuf;
@@ -109,6 +109,8 @@ pub struct PageStore {
     /// Background parent images, when enabled.
     snapshots: Option<Snapshots>,
     staging_dir: PathBuf,
+    /// Image writes of at least this many page bytes go around the page cache.
+    direct_min_bytes: u64,
 }
 
 impl PageStore {
@@ -133,8 +135,17 @@ impl PageStore {
             writes: 0,
             staged_io: (0, Duration::ZERO),
             snapshots: None,
+            direct_min_bytes: DIRECT_MIN_JOB_BYTES,
             staging_dir: staging_dir.to_path_buf(),
         })
+    }
+
+    /// Image copies (snapshots, commit) of at least `bytes` page bytes go around the page cache
+    /// (`O_DIRECT`, in long writes); smaller ones through it. Default
+    /// [`DIRECT_MIN_JOB_BYTES`](super::image_out::DIRECT_MIN_JOB_BYTES) (256 MiB); 0 makes
+    /// every copy direct, `u64::MAX` none.
+    pub fn set_direct_min_bytes(&mut self, bytes: u64) {
+        self.direct_min_bytes = bytes;
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -321,8 +332,9 @@ impl PageStore {
         let mut w = ImageDirWriter::create(final_path, self.page_size, pages_id_base)?;
         let newest = self.snapshots.as_ref().and_then(Snapshots::newest);
         let plan = self.index.iter().map(|(&(id, vaddr), slot)| (id, vaddr, slot.staged_over(newest, id, vaddr)));
+        let (ps, direct_min) = (self.page_size, self.direct_min_bytes);
         let written_bytes =
-            write_pages(&mut w, self.page_size, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None)?;
+            write_pages(&mut w, ps, plan, &mut |buf, off| self.read_staged(buf, off), &|| false, None, direct_min)?;
         let written = started.elapsed();
         let snapshots = match self.snapshots.as_mut() {
             Some(s) => s.adopt_into(&mut w)?,

@@ -109,7 +109,8 @@ impl Snapshots {
 
     /// Starts writing `plan` (sorted by pagemap and address; `Staged::Data` offsets into
     /// the staging file, given as its direct and its buffered descriptor) as a snapshot of
-    /// rounds up to `upto_round`, planned at write sequence `upto_seq`, holding `pages`.
+    /// rounds up to `upto_round`, planned at write sequence `upto_seq`, holding `pages`; around
+    /// the page cache if it copies `direct_min` bytes or more.
     pub(crate) fn start(
         &mut self,
         upto_round: u32,
@@ -117,6 +118,7 @@ impl Snapshots {
         pages: HashMap<PagemapId, PageRunSet>,
         plan: Vec<(PagemapId, u64, Staged)>,
         (direct, cached): (File, File),
+        direct_min: u64,
     ) -> Result<(), StoreError> {
         let path = self.owner.path(self.next_seq);
         self.next_seq += 1;
@@ -132,7 +134,7 @@ impl Snapshots {
         let bytes = plan.iter().filter(|(_, _, s)| matches!(s, Staged::Data(_))).count() as u64 * ps;
         let handle = std::thread::Builder::new().name("pagestream-snapshot".into()).spawn(move || {
             let t0 = Instant::now();
-            let mut direct_ok = true;
+            let mut direct_ok = bytes >= direct_min;
             let mut read = |buf: &mut [u8], off: u64| {
                 if direct_ok && buf.len() >= DIRECT_MIN_BYTES {
                     match direct.read_exact_at(buf, off) {
@@ -147,7 +149,7 @@ impl Snapshots {
                 count.store(bytes, Ordering::Relaxed);
             };
             let cancelled = || stop.load(Ordering::Relaxed);
-            write_pages(&mut w, ps, plan.into_iter(), &mut read, &cancelled, Some(&synced))?;
+            write_pages(&mut w, ps, plan.into_iter(), &mut read, &cancelled, Some(&synced), direct_min)?;
             w.commit()?;
             Ok(t0.elapsed())
         })?;

@@ -137,7 +137,7 @@ impl PageStore {
         // (the kernel writes those back first).
         let staging = (self.staging.try_clone()?, self.cached.try_clone()?);
         match self.snapshots.as_mut() {
-            Some(s) => s.start(upto_round, self.writes, pages, plan, staging).map(|()| true),
+            Some(s) => s.start(upto_round, self.writes, pages, plan, staging, self.direct_min_bytes).map(|()| true),
             None => Ok(false),
         }
     }
