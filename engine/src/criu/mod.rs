@@ -8,7 +8,8 @@
 //! * [`image_dir`]: one image directory: its pagemaps and their `pages-<id>.img` files.
 //! * [`chain`]: `parent` links followed through any depth, and page lookup across the chain.
 //! * [`writer`]: an image directory written atomically (temporary directory, fsync, rename);
-//!   [`pagemap_writer`]: one pagemap and its pages file within it.
+//!   [`pagemap_writer`]: one pagemap and its pages file within it; [`temp_dir`]: the locked
+//!   temporary directory it is written in, and removing those of writers that are gone.
 //! * [`commit_marker`]: the marker of a complete dump committed by pagestream (CRIU plugin).
 //! * [`session_dirs`]: numbered session directories `ROOT/k` chained by `parent` links, `ROOT/last`.
 
@@ -24,6 +25,7 @@ pub mod pagemap_writer;
 pub mod proto;
 pub mod record;
 pub mod session_dirs;
+pub mod temp_dir;
 pub mod writer;
 
 pub use chain::{ImageChain, PageLookup};

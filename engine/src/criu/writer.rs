@@ -3,7 +3,8 @@
 //! Everything goes into a hidden temporary directory next to the destination; [`commit`] fsyncs
 //! every file and the directory, renames it into place and fsyncs the containing directory. A
 //! writer dropped without commit removes its temporary directory, so a failed or aborted
-//! migration leaves nothing that looks like an image.
+//! migration leaves nothing that looks like an image; one killed before it could is cleaned up
+//! by the next writer of the same destination ([`LockedTempDir`](super::temp_dir::LockedTempDir)).
 //!
 //! [`commit`]: ImageDirWriter::commit
 
@@ -11,17 +12,19 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::commit_marker::{CommitMarker, MARKER_NAME};
 use super::error::{ImageError, ImageErrorKind};
 use super::magic::{pages_file_name, PagemapId, PARENT_LINK};
 pub use super::pagemap_writer::PagemapWriter;
+use super::temp_dir::LockedTempDir;
 
 /// Builds an image directory in a temporary location and moves it into place on commit.
 pub struct ImageDirWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
+    /// Held until the writer is dropped (after commit it locks the committed directory).
+    _tmp: LockedTempDir,
     page_size: u64,
     next_pages_id: u32,
     pagemaps: BTreeMap<PagemapId, PagemapWriter>,
@@ -33,19 +36,17 @@ impl ImageDirWriter {
     /// get ids from `pages_id_base` upwards (CRIU's page server uses
     /// [`PAGE_SERVER_PAGES_ID_BASE`](super::magic::PAGE_SERVER_PAGES_ID_BASE)).
     pub fn create(final_path: &Path, page_size: u64, pages_id_base: u32) -> Result<Self, ImageError> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let name = final_path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
             ImageError::file(final_path, ImageErrorKind::Invalid("destination has no usable file name".into()))
         })?;
         if fs::symlink_metadata(final_path).is_ok() {
             return Err(ImageError::file(final_path, ImageErrorKind::Invalid("destination already exists".into())));
         }
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = final_path.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()));
-        fs::create_dir(&tmp_path).map_err(|e| ImageError::io(&tmp_path, e))?;
+        let tmp = LockedTempDir::create(final_path, name).map_err(|e| ImageError::io(final_path, e))?;
         Ok(Self {
             final_path: final_path.to_path_buf(),
-            tmp_path,
+            tmp_path: tmp.path().to_path_buf(),
+            _tmp: tmp,
             page_size,
             next_pages_id: pages_id_base,
             pagemaps: BTreeMap::new(),
