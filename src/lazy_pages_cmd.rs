@@ -40,6 +40,18 @@ pub struct LazyPagesArgs {
     /// With --from: how long faults wait for a lost source to come back before the restore fails.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS", requires = "from")]
     pub resume_timeout: f64,
+    /// With --from: the most push data in flight (K, M suffixes). A fault's answer queues
+    /// behind it; the push's throughput is bounded by it over the round trip time. Raise it
+    /// for long fat links.
+    #[arg(long, default_value = "1M", value_name = "SIZE", requires = "from", value_parser = pagestream::parse_size)]
+    pub push_window: u64,
+    /// With --from: how long a fault just ahead of the push waits for it before fetching.
+    #[arg(long, default_value_t = 2.0, value_name = "MS", requires = "from")]
+    pub push_wait_ms: f64,
+    /// With --from: the most pushed bytes held before they are installed (K, M, G suffixes);
+    /// when full, the push waits.
+    #[arg(long, default_value = "64M", value_name = "SIZE", requires = "from", value_parser = pagestream::parse_size)]
+    pub push_cache: u64,
     /// Write the runs the restored processes faulted on, in order, to FILE (for `serve-lazy
     /// --working-set` to push first next time).
     #[arg(long, value_name = "FILE")]
@@ -60,6 +72,12 @@ pub fn run(args: &LazyPagesArgs) -> Result<()> {
             let mut cfg = RemoteConfig::new(args.tls.security()?, args.tls_server_name.clone().unwrap_or(host));
             cfg.resume_timeout = Duration::try_from_secs_f64(args.resume_timeout)
                 .map_err(|_| anyhow!("--resume-timeout {} is not a duration", args.resume_timeout))?;
+            cfg.push_window = u32::try_from(args.push_window)
+                .map_err(|_| anyhow!("--push-window {} is over 4 GiB", args.push_window))?;
+            cfg.push_wait = Duration::try_from_secs_f64(args.push_wait_ms / 1000.0)
+                .map_err(|_| anyhow!("--push-wait-ms {} is not a duration", args.push_wait_ms))?;
+            cfg.cache_bytes = usize::try_from(args.push_cache)
+                .map_err(|_| anyhow!("--push-cache {} does not fit in memory", args.push_cache))?;
             let source = RemotePageSource::connect(addr, cfg, ps).with_context(|| format!("connecting to {addr}"))?;
             eprintln!("pagestream lazy-pages: session {} with the source at {addr}", source.session());
             remote.insert(source)

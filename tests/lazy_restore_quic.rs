@@ -92,8 +92,8 @@ fn daemon_args(from: SocketAddr, certs: &Path) -> Vec<String> {
 }
 
 /// A restore with `threads` faulting threads; `push: false` runs the source with `--no-push`;
-/// the restorer starts `late` after the daemon.
-fn restore_over_quic(threads: usize, push: bool, late: Duration) {
+/// the restorer starts `late` after the daemon; `daemon_extra` are more daemon options.
+fn restore_over_quic(threads: usize, push: bool, late: Duration, daemon_extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (images, lazy_pages) = build_images(tmp.path());
     let certs_dir = tmp.path().join("certs");
@@ -101,7 +101,8 @@ fn restore_over_quic(threads: usize, push: bool, late: Duration) {
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let (src, addr) = source(&images, &certs_dir, if push { &[] } else { &["--no-push"] });
-    let args = daemon_args(addr, &certs_dir);
+    let mut args = daemon_args(addr, &certs_dir);
+    args.extend(daemon_extra.iter().map(|a| a.to_string()));
     let daemon = start_daemon_with(&images, &work, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let threads = threads.to_string();
     std::thread::sleep(late);
@@ -134,24 +135,26 @@ fn restore_over_quic(threads: usize, push: bool, late: Duration) {
 
 #[test]
 fn one_thread_over_quic_reads_every_byte() {
-    restore_over_quic(1, true, Duration::ZERO);
+    restore_over_quic(1, true, Duration::ZERO, &[]);
 }
 
 #[test]
 fn four_threads_fault_concurrently_over_quic() {
-    restore_over_quic(4, true, Duration::ZERO);
+    // A push window of a few frames and a cache far smaller than the image: the push pauses
+    // while the cache is full and goes on as the daemon installs pages.
+    restore_over_quic(4, true, Duration::ZERO, &["--push-window", "512K", "--push-wait-ms", "1", "--push-cache", "1M"]);
 }
 
 #[test]
 fn faults_alone_over_the_urgent_stream_bring_every_page() {
-    restore_over_quic(2, false, Duration::ZERO);
+    restore_over_quic(2, false, Duration::ZERO, &[]);
 }
 
 /// The restorer connects after longer than the daemon's idle timeout (3 s): the daemon's
 /// connection, driven by its own thread, must stay alive while it waits on the handoff socket.
 #[test]
 fn a_restorer_coming_late_finds_the_link_alive() {
-    restore_over_quic(1, true, Duration::from_secs(4));
+    restore_over_quic(1, true, Duration::from_secs(4), &[]);
 }
 
 /// A UDP relay between the daemon and the source that drops everything while `cut` is set.
