@@ -22,9 +22,9 @@ use super::temp_dir::LockedTempDir;
 /// Builds an image directory in a temporary location and moves it into place on commit.
 pub struct ImageDirWriter {
     final_path: PathBuf,
-    tmp_path: PathBuf,
-    /// Held until the writer is dropped (after commit it locks the committed directory).
-    _tmp: LockedTempDir,
+    /// The temporary directory, locked until the writer is dropped (after commit the lock is on
+    /// the committed directory).
+    tmp: LockedTempDir,
     page_size: u64,
     next_pages_id: u32,
     pagemaps: BTreeMap<PagemapId, PagemapWriter>,
@@ -45,8 +45,7 @@ impl ImageDirWriter {
         let tmp = LockedTempDir::create(final_path, name).map_err(|e| ImageError::io(final_path, e))?;
         Ok(Self {
             final_path: final_path.to_path_buf(),
-            tmp_path: tmp.path().to_path_buf(),
-            _tmp: tmp,
+            tmp,
             page_size,
             next_pages_id: pages_id_base,
             pagemaps: BTreeMap::new(),
@@ -56,7 +55,7 @@ impl ImageDirWriter {
 
     /// The temporary directory being filled.
     pub fn tmp_path(&self) -> &Path {
-        &self.tmp_path
+        self.tmp.path()
     }
 
     /// The path the directory will have after commit.
@@ -68,15 +67,15 @@ impl ImageDirWriter {
     pub fn open_pagemap(&mut self, id: PagemapId) -> Result<&mut PagemapWriter, ImageError> {
         if self.pagemaps.contains_key(&id) {
             return Err(ImageError::file(
-                self.tmp_path.join(id.file_name()),
+                self.tmp.path().join(id.file_name()),
                 ImageErrorKind::Invalid("pagemap opened twice".into()),
             ));
         }
         let pages_id = self.next_pages_id;
         self.next_pages_id = pages_id
             .checked_add(1)
-            .ok_or_else(|| ImageError::file(&self.tmp_path, ImageErrorKind::Invalid("pages ids exhausted".into())))?;
-        let pages_path = self.tmp_path.join(pages_file_name(pages_id));
+            .ok_or_else(|| ImageError::file(self.tmp.path(), ImageErrorKind::Invalid("pages ids exhausted".into())))?;
+        let pages_path = self.tmp.path().join(pages_file_name(pages_id));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -103,7 +102,7 @@ impl ImageDirWriter {
 
     /// Creates the `parent` link with `target` (relative to the directory, e.g. `../1`).
     pub fn set_parent(&mut self, target: &Path) -> Result<(), ImageError> {
-        let link = self.tmp_path.join(PARENT_LINK);
+        let link = self.tmp.path().join(PARENT_LINK);
         std::os::unix::fs::symlink(target, &link).map_err(|e| ImageError::io(&link, e))
     }
 
@@ -117,23 +116,23 @@ impl ImageDirWriter {
     /// Starts a file that is not page data, to be written in pieces; refuses names that are not a
     /// plain file name or that belong to page data, the parent link or the commit marker.
     pub fn create_file(&mut self, name: &str) -> Result<ImageFileWriter, ImageError> {
-        check_extra_file_name(name).map_err(|msg| ImageError::file(&self.tmp_path, ImageErrorKind::Invalid(msg)))?;
-        let path = self.tmp_path.join(name);
+        check_extra_file_name(name).map_err(|msg| ImageError::file(self.tmp.path(), ImageErrorKind::Invalid(msg)))?;
+        let path = self.tmp.path().join(name);
         let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| ImageError::io(&path, e))?;
         Ok(ImageFileWriter { path, file: BufWriter::with_capacity(256 << 10, file), written: 0 })
     }
 
     /// Writes the [`CommitMarker`] (call last, just before [`commit`](Self::commit)).
     pub fn mark_complete(&mut self, marker: &CommitMarker) -> Result<(), ImageError> {
-        write_synced(&self.tmp_path.join(MARKER_NAME), &marker.to_bytes())
+        write_synced(&self.tmp.path().join(MARKER_NAME), &marker.to_bytes())
     }
 
     /// Finishes every pagemap, fsyncs, and renames the directory into place; returns its path.
     pub fn commit(mut self) -> Result<PathBuf, ImageError> {
         for (_, pm) in std::mem::take(&mut self.pagemaps) {
-            pm.finish(&self.tmp_path)?;
+            pm.finish(self.tmp.path())?;
         }
-        sync_dir(&self.tmp_path)?;
+        sync_dir(self.tmp.path())?;
         // rename(2) onto an existing non-empty directory fails, so a concurrent writer of the
         // same destination cannot be clobbered; an empty one would be replaced.
         if fs::symlink_metadata(&self.final_path).is_ok() {
@@ -142,7 +141,7 @@ impl ImageDirWriter {
                 ImageErrorKind::Invalid("destination appeared while writing".into()),
             ));
         }
-        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| ImageError::io(&self.final_path, e))?;
+        fs::rename(self.tmp.path(), &self.final_path).map_err(|e| ImageError::io(&self.final_path, e))?;
         self.committed = true;
         if let Some(parent) = self.final_path.parent() {
             let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
@@ -156,8 +155,8 @@ impl Drop for ImageDirWriter {
     fn drop(&mut self) {
         if !self.committed {
             self.pagemaps.clear();
-            if let Err(e) = fs::remove_dir_all(&self.tmp_path) {
-                tracing::warn!(path = %self.tmp_path.display(), error = %e, "could not remove uncommitted image directory");
+            if let Err(e) = fs::remove_dir_all(self.tmp.path()) {
+                tracing::warn!(path = %self.tmp.path().display(), error = %e, "could not remove uncommitted image directory");
             }
         }
     }
