@@ -95,10 +95,7 @@ impl PushOrder {
         let ps = self.page_size;
         while let Some((id, want)) = self.priority.pop_front() {
             let Some(set) = self.unsent.get_mut(&id) else { continue };
-            let first = set.range(want.vaddr, want.end(ps)).next();
-            let Some(run) = first else { continue };
-            let run = PageRun::new(run.vaddr, run.nr_pages.min(MAX_RUN_PAGES));
-            set.remove(run);
+            let Some(run) = take_first(set, want.vaddr, want.end(ps)) else { continue };
             if run.end(ps) < want.end(ps) {
                 self.priority.push_front((id, PageRun::new(run.end(ps), (want.end(ps) - run.end(ps)) / ps)));
             }
@@ -135,16 +132,22 @@ impl PushOrder {
             let id = *self.ids.get(i)?;
             let at = if step == 0 { from } else { 0 };
             let set = self.unsent.get_mut(&id)?;
-            let first = set.range(at, top).next();
-            if let Some(run) = first {
-                let run = PageRun::new(run.vaddr, run.nr_pages.min(MAX_RUN_PAGES));
-                set.remove(run);
+            if let Some(run) = take_first(set, at, top) {
                 self.cursor = (i, run.end(ps));
                 return Some(NextRun { id, run, working_set: false });
             }
         }
         None
     }
+}
+
+/// Takes the first unsent pages of `set` in `[start, end)`: at most one frame's worth
+/// ([`MAX_RUN_PAGES`]) from the front of the first run there.
+fn take_first(set: &mut PageRunSet, start: u64, end: u64) -> Option<PageRun> {
+    let first = set.range(start, end).next()?;
+    let run = PageRun::new(first.vaddr, first.nr_pages.min(MAX_RUN_PAGES));
+    set.remove(run);
+    Some(run)
 }
 
 #[cfg(test)]
