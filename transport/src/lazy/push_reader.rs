@@ -1,14 +1,11 @@
 //! [`read_push`]: reads a session's push stream into the [`PushCache`], pausing while the cache
 //! is full (QUIC flow control then holds the source back).
 
-use bytes::BytesMut;
 use quinn::RecvStream;
 
-use super::frame::{LazyDecoder, LazyFrame};
+use super::frame::LazyFrame;
 use super::push_cache::PushCache;
-
-/// Bytes read from the push stream per call.
-const READ_CHUNK: usize = 256 << 10;
+use super::stream::FrameReader;
 
 /// Reads the push stream `recv` into `cache` until it ends or fails.
 pub async fn read_push(recv: RecvStream, cache: PushCache) {
@@ -33,29 +30,18 @@ impl Drop for PushOpen {
     }
 }
 
-async fn read_frames(mut recv: RecvStream, cache: &PushCache) {
-    let Ok(mut dec) = LazyDecoder::new(cache.page_size()) else { return };
-    let mut buf = BytesMut::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
+async fn read_frames(recv: RecvStream, cache: &PushCache) {
+    let Ok(mut frames) = FrameReader::new(recv, cache.page_size()) else { return };
     loop {
         cache.wait_for_room().await;
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            _ => return,
-        }
-        let mut any = false;
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(LazyFrame::Pages { req: 0, id, run, data })) => {
-                    cache.insert(id, run, &data);
-                    any = true;
-                }
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => break,
+        match frames.next().await {
+            Ok(Some(LazyFrame::Pages { req: 0, id, run, data })) => {
+                cache.insert(id, run, &data);
+                cache.announce_arrival();
             }
-        }
-        if any {
-            cache.announce_arrival();
+            // The stream ended, broke or carried something else: the push is over (faults
+            // then fetch what it did not bring).
+            _ => return,
         }
         tokio::task::yield_now().await;
     }

@@ -1,5 +1,5 @@
 //! [`FrameReader`]: whole lazy-pages frames from the receiving half of a quinn stream (the urgent
-//! stream, read by both the source and the daemon).
+//! stream, read by both the source and the daemon, and the push stream, read by the daemon).
 
 use bytes::BytesMut;
 use quinn::RecvStream;
